@@ -1,0 +1,65 @@
+"""The exception hierarchy: every exception resilient_db raises derives from one root.
+
+Database exceptions are never wrapped: when retries are exhausted the original driver or
+SQLAlchemy exception is re-raised (with a note added via ``add_note``). The classes here are
+only for conditions that resilient_db itself decides: an open circuit, an unknowable commit
+outcome, a misconfiguration.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CircuitOpenError",
+    "CommitOutcomeUnknown",
+    "ConfigurationError",
+    "ResilientDBError",
+]
+
+
+class ResilientDBError(Exception):
+    """Root of every exception raised by resilient_db itself."""
+
+
+class ConfigurationError(ResilientDBError, ValueError):
+    """An option or URL is invalid; the message names the option, its range and the fix."""
+
+
+class CircuitOpenError(ResilientDBError):
+    """A call was refused without I/O because the circuit breaker ``name`` is open.
+
+    ``retry_after`` is the number of seconds until the breaker will admit a probe (0.0 when
+    it is half-open and all probe permits are taken). The exception is cheap: it carries no
+    traceback state beyond its own raise and is never shared between calls.
+    """
+
+    __slots__ = ("name", "retry_after", "state")
+
+    def __init__(self, name: str, retry_after: float, *, state: str = "open") -> None:
+        self.name = name
+        self.retry_after = retry_after
+        self.state = state
+        super().__init__(name, retry_after)
+
+    def __str__(self) -> str:
+        return (
+            f"circuit breaker {self.name!r} is {self.state}: the database was failing, so "
+            f"calls fail fast for {self.retry_after:.3f}s more; retry later or check the "
+            "database's health (breaker.statistics() shows why it opened)"
+        )
+
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float]]:
+        return (type(self), (self.name, self.retry_after))
+
+
+class CommitOutcomeUnknown(ResilientDBError):
+    """The connection was lost during COMMIT and the outcome could not be determined.
+
+    The transaction may or may not have been applied. ``xid`` is the transaction id that was
+    assigned on the server (``None`` when it could not be captured); query
+    ``pg_xact_status(xid)`` on the server later, or make the unit idempotent.
+    """
+
+    def __init__(self, message: str, *, xid: int | None, attempts: int = 1) -> None:
+        self.xid = xid
+        self.attempts = attempts
+        super().__init__(message)
