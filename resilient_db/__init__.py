@@ -6,12 +6,16 @@ private and may change without notice.
 
 from __future__ import annotations
 
+from resilient_db._doctor import DoctorReport, Finding, Severity, doctor
+from resilient_db._engine import EngineSettings, create_async_engine, engine_settings
 from resilient_db._errors import (
     CircuitOpenError,
     CommitOutcomeUnknown,
     ConfigurationError,
+    MissingDriverError,
     ResilientDBError,
 )
+from resilient_db._urls import safe_url
 
 # [engine]
 # [classifier]
@@ -24,6 +28,15 @@ __all__ = [
     "CircuitOpenError",
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "DoctorReport",
+    "EngineSettings",
+    "Finding",
+    "MissingDriverError",
     "ResilientDBError",
+    "Severity",
     "__version__",
+    "create_async_engine",
+    "doctor",
+    "engine_settings",
+    "safe_url",
 ]

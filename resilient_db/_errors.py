@@ -12,6 +12,7 @@ __all__ = [
     "CircuitOpenError",
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "MissingDriverError",
     "ResilientDBError",
 ]
 
@@ -22,6 +23,10 @@ class ResilientDBError(Exception):
 
 class ConfigurationError(ResilientDBError, ValueError):
     """An option or URL is invalid; the message names the option, its range and the fix."""
+
+
+class MissingDriverError(ResilientDBError, ImportError):
+    """The database driver a URL names is not installed; the message gives the pip command."""
 
 
 class CircuitOpenError(ResilientDBError):

@@ -1,0 +1,179 @@
+"""`doctor` and the `resilient-db` CLI against the real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
+
+from resilient_db import Severity, create_async_engine, doctor
+from resilient_db._cli import main
+
+PASSWORD = "hunter2-" + secrets.token_hex(4)
+
+
+def _with_password(url: str) -> str:
+    return make_url(url).set(password=PASSWORD).render_as_string(hide_password=False)
+
+
+def _codes(report: Any) -> dict[str, Severity]:
+    return {f.code: f.severity for f in report.findings}
+
+
+@pytest.fixture
+def max_connections(admin_conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    row = admin_conn.execute("SHOW max_connections").fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+async def test_oversized_pool_is_an_error(pg_url: str, max_connections: int) -> None:
+    report = await doctor(pg_url, processes=max_connections, pool_size=2, max_overflow=0)
+    assert not report.ok
+    assert _codes(report)["pool_too_large"] is Severity.ERROR
+    message = next(f.message for f in report.findings if f.code == "pool_too_large")
+    assert f"max_connections {max_connections}" in message
+    assert f"{max_connections} process(es) x (pool_size 2 + max_overflow 0)" in message
+    assert report.server["max_connections"] == str(max_connections)
+
+
+async def test_small_pool_fits(pg_url: str) -> None:
+    report = await doctor(pg_url, processes=1, pool_size=2, max_overflow=1)
+    assert report.ok, report.findings
+    assert _codes(report)["pool_capacity"] is Severity.INFO
+
+
+async def test_pool_near_limit_warns(pg_url: str, max_connections: int) -> None:
+    usable = max_connections - 3 - -(-(max_connections - 3) * 15 // 100)
+    report = await doctor(pg_url, processes=1, pool_size=usable - 1, max_overflow=0)
+    assert report.ok
+    assert _codes(report)["pool_near_limit"] is Severity.WARNING
+
+
+@pytest.fixture
+def limited_role(admin_conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[str]:
+    role = f"rdb_limited_{secrets.token_hex(3)}"
+    admin_conn.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 2')
+    try:
+        yield role
+    finally:
+        admin_conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+        )
+        admin_conn.execute(f'DROP ROLE "{role}"')
+
+
+async def test_role_connection_limit_is_checked(pg_url: str, limited_role: str) -> None:
+    url = make_url(pg_url).set(username=limited_role)
+    report = await doctor(url, pool_size=3, max_overflow=0)
+    assert _codes(report)["role_connection_limit"] is Severity.ERROR
+
+
+async def test_recycle_against_idle_session_timeout(
+    pg_url: str, pg_database: str, admin_conn: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    admin_conn.execute(f"ALTER DATABASE \"{pg_database}\" SET idle_session_timeout = '120s'")
+    try:
+        report = await doctor(pg_url, pool_recycle=600)
+        assert _codes(report)["recycle_vs_idle_session_timeout"] is Severity.WARNING
+        with pytest.warns(UserWarning, match="pool_recycle=100s is under 300s"):
+            report = await doctor(pg_url, pool_recycle=100, connect_timeout=5)
+        assert "recycle_vs_idle_session_timeout" not in _codes(report)
+    finally:
+        admin_conn.execute(f'ALTER DATABASE "{pg_database}" RESET idle_session_timeout')
+
+
+async def test_engine_without_timeouts_is_flagged(pg_url: str) -> None:
+    engine = sa_create_async_engine(pg_url)
+    try:
+        report = await doctor(engine)
+    finally:
+        await engine.dispose()
+    codes = _codes(report)
+    assert codes["timeouts_unknown"] is Severity.WARNING
+    assert codes["no_pre_ping"] is Severity.WARNING
+
+
+async def test_timeouts_overridden_to_none_are_errors(pg_url: str) -> None:
+    engine = create_async_engine(pg_url, connect_args={"timeout": None, "command_timeout": None})
+    try:
+        report = await doctor(engine)
+    finally:
+        await engine.dispose()
+    codes = _codes(report)
+    assert codes["no_connect_timeout"] is Severity.ERROR
+    assert codes["no_command_timeout"] is Severity.ERROR
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+async def test_unreachable_server_is_an_error_without_password() -> None:
+    url = f"postgresql+asyncpg://app:{PASSWORD}@127.0.0.1:{_closed_port()}/db"
+    report = await doctor(url, timeout=5, connect_timeout=1)
+    assert not report.ok
+    assert _codes(report)["connect"] is Severity.ERROR
+    assert PASSWORD not in repr(report)
+
+
+def test_cli_reports_oversized_pool_and_exits_nonzero(
+    pg_url: str, max_connections: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = _with_password(pg_url)
+    rc = main(["doctor", "--url", url, "--processes", str(max_connections), "--pool-size", "2"])
+    out = capsys.readouterr()
+    assert rc == 1
+    assert "ERROR   pool_too_large" in out.out
+    assert PASSWORD not in out.out + out.err
+    assert ":***@" in out.out
+
+
+def test_cli_json_output(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["doctor", "--url", _with_password(pg_url), "--json", "--pool-size", "2"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert data["ok"] is True
+    assert PASSWORD not in json.dumps(data)
+
+
+def test_cli_refuses_sync_url(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["doctor", "--url", f"postgresql://app:{PASSWORD}@localhost/db"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "postgresql+asyncpg://" in out
+    assert PASSWORD not in out
+
+
+def test_cli_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["doctor", "--url", "postgresql+asyncpg://u@h/d", "--processes", "0"])
+    assert info.value.code == 2
+    assert "expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_cli(pg_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "resilient_db", "doctor", "--url", pg_url, "--pool-size", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 error(s)" in proc.stdout
