@@ -1,0 +1,34 @@
+"""An embedded Toxiproxy-compatible fault proxy, a client for it, and fault helpers.
+
+The server speaks the HTTP API of Shopify's Toxiproxy 2.12 (so ``toxiproxy-python`` and the
+real server's clients work against it) and applies the same toxics to TCP connections. It has
+**no authentication** and binds to loopback by default.
+
+Start it in-process (``async with ToxiproxyServer(port=0) as server``), in a background thread
+for synchronous code (``with ToxiproxyServer.in_thread() as server``) or from the command line
+(``resilient-db toxiproxy --host 127.0.0.1 --port 8474 --config proxies.json``).
+"""
+
+from __future__ import annotations
+
+from resilient_db.toxiproxy._client import (
+    AsyncToxiproxyClient,
+    ProxyInfo,
+    ToxicInfo,
+    ToxiproxyAPIError,
+    ToxiproxyClient,
+)
+from resilient_db.toxiproxy._server import VERSION, ThreadedToxiproxyServer, ToxiproxyServer
+from resilient_db.toxiproxy._toxics import TOXIC_TYPES
+
+__all__ = [
+    "TOXIC_TYPES",
+    "VERSION",
+    "AsyncToxiproxyClient",
+    "ProxyInfo",
+    "ThreadedToxiproxyServer",
+    "ToxicInfo",
+    "ToxiproxyAPIError",
+    "ToxiproxyClient",
+    "ToxiproxyServer",
+]
