@@ -6,6 +6,15 @@ private and may change without notice.
 
 from __future__ import annotations
 
+from resilient_db._classify import (
+    Classification,
+    Classifier,
+    ErrorFacts,
+    ErrorKind,
+    Phase,
+    Rule,
+    classify,
+)
 from resilient_db._doctor import DoctorReport, Finding, Severity, doctor
 from resilient_db._engine import EngineSettings, create_async_engine, engine_settings
 from resilient_db._errors import (
@@ -26,15 +35,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CircuitOpenError",
+    "Classification",
+    "Classifier",
     "CommitOutcomeUnknown",
     "ConfigurationError",
     "DoctorReport",
     "EngineSettings",
+    "ErrorFacts",
+    "ErrorKind",
     "Finding",
     "MissingDriverError",
+    "Phase",
     "ResilientDBError",
+    "Rule",
     "Severity",
     "__version__",
+    "classify",
     "create_async_engine",
     "doctor",
     "engine_settings",
