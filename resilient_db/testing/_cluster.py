@@ -12,6 +12,7 @@ finalizer at interpreter exit) kills leftover server processes and removes the d
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import logging
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -229,6 +231,79 @@ def _finalize(root: Path, datadir: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+_MIN_TMPFS_FREE = 1 << 30
+
+
+def _default_base_dir() -> str | None:
+    """``$RESILIENT_DB_CLUSTER_DIR``, else ``/dev/shm`` when it has >= 1 GiB free, else None.
+
+    A memory file system makes a cluster ~10x quicker to create than a slow disk (``initdb``
+    and copies write ~1,000 files); ``None`` means the system temporary directory.
+    """
+    env = os.environ.get("RESILIENT_DB_CLUSTER_DIR")
+    if env:
+        return env
+    shm = "/dev/shm"
+    try:
+        stat = os.statvfs(shm)
+    except OSError:
+        return None
+    if os.access(shm, os.W_OK | os.X_OK) and stat.f_bavail * stat.f_frsize >= _MIN_TMPFS_FREE:
+        return shm
+    return None
+
+
+_INITDB_ARGS = ("-U", _SERVER_USER, "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C")
+_templates: dict[str, Path] = {}
+_templates_lock = threading.Lock()
+
+
+def _run_tool(cmd: list[str], *, timeout: float, cwd: Path) -> None:
+    """Run a command as the server user; raise ``PgClusterError`` with its output on failure."""
+    full = [*_as_server_user(), *cmd]
+    name = os.path.basename(cmd[0])
+    try:
+        proc = subprocess.run(
+            full,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise PgClusterError(f"{name} {' '.join(cmd[1:2])} did not finish in {timeout} s") from exc
+    except OSError as exc:
+        raise PgClusterError(f"cannot run {name}: {exc}") from exc
+    if proc.returncode != 0:
+        output = (proc.stdout + proc.stderr).strip()
+        raise PgClusterError(
+            f"{name} {' '.join(cmd[1:2])} failed (exit {proc.returncode}): {output}"
+        )
+
+
+def _copy_template(bindir: str, datadir: Path, *, timeout: float) -> None:
+    """Fill ``datadir`` with a fresh cluster: ``initdb`` once per process, then copies.
+
+    A copy takes ~0.1 s where ``initdb`` takes ~0.6-1 s. The template is removed at exit.
+    """
+    with _templates_lock:
+        template = _templates.get(bindir)
+        if template is None or not template.is_dir():
+            root = Path(tempfile.mkdtemp(prefix="rdb-pg-template-", dir=datadir.parent.parent))
+            atexit.register(shutil.rmtree, root, ignore_errors=True)
+            _give_to_server_user(root)
+            template = root / "data"
+            _run_tool(
+                [os.path.join(bindir, "initdb"), "-D", str(template), *_INITDB_ARGS],
+                timeout=timeout,
+                cwd=root,
+            )
+            _templates[bindir] = template
+    _run_tool(["cp", "-a", str(template), str(datadir)], timeout=timeout, cwd=datadir.parent)
+
+
 class PgCluster:
     """A private PostgreSQL cluster (primary or streaming standby) for fault tests.
 
@@ -289,13 +364,14 @@ class PgCluster:
         verbatim (quote strings yourself: ``{"log_statement": "'all'"}``), overriding the
         defaults: trust auth for the local socket and 127.0.0.1, superuser ``postgres``,
         ``wal_level=replica``, ``max_wal_senders=10``, ``hot_standby=on``, ``fsync=off``.
-        ``base_dir`` is where the temporary directory is made (default: the system temp dir);
-        it must be traversable by the ``postgres`` user.
+        ``base_dir`` is where the temporary directory is made (default:
+        ``$RESILIENT_DB_CLUSTER_DIR``, else ``/dev/shm`` if it has >= 1 GiB free, else the
+        system temporary directory); it must be traversable by the ``postgres`` user.
         """
         if port is not None and not 1024 <= port <= 65535:
             raise PgClusterError(f"port={port} is out of range: use 1024..65535 or None")
         bindir = bindir or find_pg_bindir()
-        root = Path(tempfile.mkdtemp(prefix="rdb-pg-", dir=base_dir))
+        root = Path(tempfile.mkdtemp(prefix="rdb-pg-", dir=base_dir or _default_base_dir()))
         try:
             _give_to_server_user(root)
             datadir = root / "data"
@@ -312,22 +388,7 @@ class PgCluster:
             shutil.rmtree(root, ignore_errors=True)
             raise
         try:
-            cluster._run(
-                "initdb",
-                [
-                    "-D",
-                    str(datadir),
-                    "-U",
-                    _SERVER_USER,
-                    "--auth=trust",
-                    "--no-sync",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-instructions",
-                ],
-                timeout=timeout,
-            )
+            _copy_template(bindir, datadir, timeout=timeout)
             conf = {**_BASE_SETTINGS, **(settings or {})}
             lines = [f"{key} = {value}" for key, value in conf.items()]
             cluster._append(
@@ -730,24 +791,10 @@ class PgCluster:
             return ""
 
     def _run(self, tool: str, args: list[str], *, timeout: float) -> None:
-        cmd = [*_as_server_user(), os.path.join(self._bindir, tool), *args]
         try:
-            proc = subprocess.run(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                cwd=self._root,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise self._error(f"{tool} {' '.join(args[:1])} did not finish in {timeout} s") from exc
-        except OSError as exc:
-            raise self._error(f"cannot run {tool}: {exc}") from exc
-        if proc.returncode != 0:
-            output = (proc.stdout + proc.stderr).strip()
-            raise self._error(f"{tool} {args[0]} failed (exit {proc.returncode}): {output}")
+            _run_tool([os.path.join(self._bindir, tool), *args], timeout=timeout, cwd=self._root)
+        except PgClusterError as exc:
+            raise self._error(str(exc)) from exc
 
     def _wait_ready(self, timeout: float) -> None:
         """Poll with a real query until the server answers (bounded by ``timeout``)."""
