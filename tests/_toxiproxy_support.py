@@ -1,0 +1,141 @@
+"""Helpers for the toxiproxy tests: echo/sink upstreams, raw HTTP calls, socket state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from resilient_db.toxiproxy import AsyncToxiproxyClient, ToxiproxyServer
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def call(url: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> Any:
+    """One HTTP request: ``(status, decoded JSON or None)``."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        payload = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, (json.loads(data) if data else None)
+    finally:
+        conn.close()
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+class Upstream:
+    """A TCP server on 127.0.0.1 running ``handler`` per connection (echo by default)."""
+
+    def __init__(self, handler: Handler = _echo) -> None:
+        self.handler = handler
+        self.port = 0
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            await self.handler(reader, writer)
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()
+            self._tasks.discard(task)
+
+    async def __aenter__(self) -> Upstream:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+        await asyncio.sleep(0)
+
+
+@contextlib.asynccontextmanager
+async def embedded(
+    seed: int | None = None,
+) -> AsyncIterator[tuple[ToxiproxyServer, AsyncToxiproxyClient]]:
+    """An embedded server in this event loop and an async client for it."""
+    async with ToxiproxyServer(port=0, seed=seed) as server:
+        yield server, AsyncToxiproxyClient(server.url, timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def connect(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A raw client connection to 127.0.0.1:port, aborted on exit."""
+    async with asyncio.timeout(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        yield reader, writer
+    finally:
+        writer.transport.abort()
+        await asyncio.sleep(0)
+
+
+async def read_all(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
+    """Read until EOF (bounded)."""
+    chunks = bytearray()
+    async with asyncio.timeout(timeout):
+        while data := await reader.read(65536):
+            chunks += data
+    return bytes(chunks)
+
+
+async def read_exactly(reader: asyncio.StreamReader, n: int, timeout: float = 5.0) -> bytes:
+    async with asyncio.timeout(timeout):
+        return await reader.readexactly(n)
+
+
+def tcp_state(writer: asyncio.StreamWriter) -> int:
+    """Linux TCP state of the writer's socket (1 = ESTABLISHED)."""
+    sock = writer.transport.get_extra_info("socket")
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    return int(info[0])
+
+
+TCP_ESTABLISHED = 1
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until true, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
