@@ -6,6 +6,7 @@ private and may change without notice.
 
 from __future__ import annotations
 
+from resilient_db._budget import BudgetStatistics, RetryBudget
 from resilient_db._classify import (
     Classification,
     Classifier,
@@ -24,16 +25,29 @@ from resilient_db._errors import (
     MissingDriverError,
     ResilientDBError,
 )
-from resilient_db._urls import safe_url
 
 # [engine]
 # [classifier]
 # [policies]
+from resilient_db._retry import (
+    CategoryBackoff,
+    RetryDecision,
+    RetryEvent,
+    RetryHooks,
+    RetryPolicy,
+    RetryStatistics,
+    retry_call,
+    set_testing,
+)
+from resilient_db._urls import safe_url
+
 # [database]
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetStatistics",
+    "CategoryBackoff",
     "CircuitOpenError",
     "Classification",
     "Classifier",
@@ -47,6 +61,12 @@ __all__ = [
     "MissingDriverError",
     "Phase",
     "ResilientDBError",
+    "RetryBudget",
+    "RetryDecision",
+    "RetryEvent",
+    "RetryHooks",
+    "RetryPolicy",
+    "RetryStatistics",
     "Rule",
     "Severity",
     "__version__",
@@ -54,5 +74,7 @@ __all__ = [
     "create_async_engine",
     "doctor",
     "engine_settings",
+    "retry_call",
     "safe_url",
+    "set_testing",
 ]
