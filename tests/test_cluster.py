@@ -6,6 +6,8 @@ import asyncio
 import gc
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -285,3 +287,44 @@ def test_find_pg_bindir() -> None:
         assert os.access(os.path.join(bindir, tool), os.X_OK)
     with pytest.raises(PgClusterError, match="version 3"):
         find_pg_bindir(version=3)
+
+
+_OWNER = """
+import sys
+from resilient_db.testing import PgCluster
+from resilient_db.testing._cluster import _templates
+c = PgCluster.create()
+c.start()
+print(c.pid, c.datadir.parent, next(iter(_templates.values())).parent, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_clusters_of_a_killed_test_process_are_cleaned_up() -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        line = owner.stdout.readline()  # bounded by the test timeout; the child prints or dies
+        pid_text, root_text, template_text = line.split()
+        pid, root, template = int(pid_text), Path(root_text), Path(template_text)
+        assert _alive(pid)
+        assert root.is_dir()
+        assert template.is_dir()
+        owner.kill()  # SIGKILL: no finalizer, no atexit in the owner
+        owner.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while _alive(pid) or root.exists() or template.exists():
+            assert time.monotonic() < deadline, "watchdog did not clean up within 15 s"
+            time.sleep(0.02)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(timeout=10)
+        for stream in (owner.stdin, owner.stdout):
+            if stream is not None:
+                stream.close()
