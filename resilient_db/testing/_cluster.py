@@ -387,6 +387,10 @@ class PgCluster:
     postmaster and all its processes), :meth:`crash_backend` (SIGKILL one backend: the
     server goes through crash recovery and every other session gets SQLSTATE 57P02),
     :meth:`restart`, :meth:`promote`.
+
+    The methods block (subprocesses, bounded polling; most take 0.05-0.3 s). In an async test
+    whose other tasks must keep running during the fault, call them in a thread:
+    ``await asyncio.to_thread(primary.stop, "immediate")``.
     """
 
     def __init__(
