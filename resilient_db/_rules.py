@@ -411,7 +411,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         name="asyncpg_bad_argument",
-        types=(f"{_ASYNCPG}_base.DataError",),
+        types=(f"{_ASYNCPG}DataError", f"{_ASYNCPG}_base.DataError"),
         kind=F,
         category="data",
         reason=(
@@ -437,6 +437,19 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         reason=(
             "the server reached does not have the requested role (target_session_attrs); "
             "retry after the failover completes"
+        ),
+    ),
+    Rule(
+        name="asyncpg_protocol_state",
+        types=(f"{_ASYNCPG}_base.InternalClientError",),
+        kind=R,
+        at_commit=U,
+        category="connection_lost",
+        counts_toward_breaker=True,
+        invalidate_pool=True,
+        reason=(
+            "the driver's connection state is broken (seen when the server closed the "
+            "connection while idle); discard the connection and retry on a fresh one"
         ),
     ),
     # -- psycopg errors without SQLSTATE (connect errors carry only a message) ------------
