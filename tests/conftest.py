@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+pytest_plugins = ["resilient_db.testing.fixtures"]
+
 BASE = os.environ.get("RESILIENT_DB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 
 
