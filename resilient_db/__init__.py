@@ -6,6 +6,17 @@ private and may change without notice.
 
 from __future__ import annotations
 
+# [engine]
+# [classifier]
+# [policies]
+from resilient_db._breaker import (
+    BreakerEvent,
+    BreakerListener,
+    BreakerPermit,
+    BreakerState,
+    BreakerStatistics,
+    CircuitBreaker,
+)
 from resilient_db._budget import BudgetStatistics, RetryBudget
 from resilient_db._classify import (
     Classification,
@@ -25,10 +36,6 @@ from resilient_db._errors import (
     MissingDriverError,
     ResilientDBError,
 )
-
-# [engine]
-# [classifier]
-# [policies]
 from resilient_db._retry import (
     CategoryBackoff,
     RetryDecision,
@@ -46,8 +53,14 @@ from resilient_db._urls import safe_url
 __version__ = "0.1.0"
 
 __all__ = [
+    "BreakerEvent",
+    "BreakerListener",
+    "BreakerPermit",
+    "BreakerState",
+    "BreakerStatistics",
     "BudgetStatistics",
     "CategoryBackoff",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Classification",
     "Classifier",
