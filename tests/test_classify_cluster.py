@@ -1,0 +1,75 @@
+"""The classifier on faults that need a private cluster: a write on a hot standby (25006 with
+``in_recovery=True``: failover) and a fast server shutdown in the middle of a query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from resilient_db import ErrorKind, classify
+from resilient_db.testing import ClusterPair, PgCluster
+from tests.test_classify_faults import DRIVERS, check, connect, raised, wait_active
+
+pytestmark = [pytest.mark.cluster]
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[ClusterPair]:
+    primary = PgCluster.create()
+    try:
+        primary.start()
+        primary.execute("CREATE TABLE clf_standby (x int)")
+        standby = primary.create_standby()
+        standby.start()
+        primary.wait_for_replay(standby)
+        yield ClusterPair(primary=primary, standby=standby)
+    finally:
+        primary.destroy()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_write_on_hot_standby_is_failover(driver: str, pair: ClusterPair) -> None:
+    conn = await connect(driver, pair.standby.dsn)
+    try:
+        exc = await raised(conn.execute("INSERT INTO clf_standby VALUES (1)"))
+    finally:
+        await conn.close()
+    probe = await asyncpg.connect(pair.standby.dsn, ssl=False, timeout=10)
+    try:
+        in_recovery = await probe.fetchval("SELECT pg_is_in_recovery()")
+    finally:
+        await probe.close()
+    assert in_recovery is True
+    c = classify(exc, phase="statement", in_recovery=in_recovery)
+    check(c, ErrorKind.RETRYABLE, "failover", breaker=True, invalidate=True, sqlstate="25006")
+    # The same 25006 from a primary (the app said READ ONLY) is a program error.
+    primary = classify(exc, phase="statement", in_recovery=False)
+    check(primary, ErrorKind.FATAL, "programming", breaker=False, invalidate=False)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_fast_shutdown_mid_query(driver: str, pair: ClusterPair) -> None:
+    primary = pair.primary
+    conn = await connect(driver, primary.dsn)
+    try:
+        mon = await asyncpg.connect(primary.dsn, ssl=False, timeout=10)
+        try:
+            query = asyncio.ensure_future(conn.execute("SELECT pg_sleep(60)"))
+            await wait_active(mon, conn.pid)
+        finally:
+            await mon.close()
+        await asyncio.to_thread(primary.stop, "fast")
+        try:
+            exc = await raised(query)
+        finally:
+            await asyncio.to_thread(primary.start)
+    finally:
+        await conn.close()
+    c = classify(exc, phase="statement")
+    check(c, ErrorKind.RETRYABLE, "connection_lost", breaker=True, invalidate=True)
+    assert c.sqlstate == "57P01"  # fast shutdown terminates sessions like an admin command
+    assert classify(exc, phase="commit").kind is ErrorKind.COMMIT_UNKNOWN
