@@ -73,3 +73,41 @@ async def test_fast_shutdown_mid_query(driver: str, pair: ClusterPair) -> None:
     check(c, ErrorKind.RETRYABLE, "connection_lost", breaker=True, invalidate=True)
     assert c.sqlstate == "57P01"  # fast shutdown terminates sessions like an admin command
     assert classify(exc, phase="commit").kind is ErrorKind.COMMIT_UNKNOWN
+
+
+@pytest.fixture(scope="module")
+def password_user(pair: ClusterPair) -> str:
+    """A role that must log in with a password (scram) on the private primary."""
+    primary = pair.primary
+    primary.execute("CREATE ROLE clf_pw_user LOGIN PASSWORD 'right-password'")
+    hba = primary.datadir / "pg_hba.conf"
+    rules = hba.read_text(encoding="utf-8")
+    with open(hba, "w", encoding="utf-8") as fh:  # rewrite in place: owner unchanged
+        fh.write("host all clf_pw_user 127.0.0.1/32 scram-sha-256\n" + rules)
+    primary.execute("SELECT pg_reload_conf()")
+    return "clf_pw_user"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_wrong_password(driver: str, pair: ClusterPair, password_user: str) -> None:
+    dsn = pair.primary.dsn.replace("postgres@", f"{password_user}:wrong-password@", 1)
+
+    async def attempt() -> BaseException | None:
+        try:
+            conn = await connect(driver, dsn)
+        except Exception as exc:
+            return exc
+        await conn.close()  # the reload has not reached the postmaster yet
+        return None
+
+    # pg_reload_conf() is asynchronous: poll (bounded) until the scram rule is in force.
+    async with asyncio.timeout(10):
+        while True:
+            exc = await attempt()
+            if exc is not None:
+                break
+            await asyncio.sleep(0.05)
+    c = classify(exc, phase="connect")
+    check(c, ErrorKind.FATAL, "config", breaker=True, invalidate=False)
+    if driver != "sa_psycopg":
+        assert c.sqlstate == "28P01"
