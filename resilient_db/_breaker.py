@@ -607,7 +607,7 @@ class CircuitBreaker:
             "window_calls": self._calls,
         }
         level = logging.WARNING if new is _OPEN or new is _FORCED_OPEN else logging.INFO
-        event_name = "breaker.would_open" if previous is new else _EVENT_NAMES[new]
+        event_name = "breaker.would_open" if reason.startswith("would") else _EVENT_NAMES[new]
         logger.log(level, event_name, extra=extra)
         if not self._listeners:
             return
