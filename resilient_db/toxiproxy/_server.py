@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
@@ -77,6 +78,94 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _Accepted:
+    """An accepted socket, then its stream writer: whatever must be closed on shutdown."""
+
+    __slots__ = ("sock", "writer")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.writer: asyncio.StreamWriter | None = None
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.transport.abort()
+        self.sock.close()
+
+
+class _Listener:
+    """A listening socket whose accepts run synchronously in a reader callback.
+
+    Unlike ``asyncio.Server`` (whose deferred accept tasks can leak a socket when the server
+    closes at the wrong moment on Python 3.11), every accepted socket is handed to
+    ``on_accept`` at once, and :meth:`close` is synchronous: nothing is accepted afterwards.
+    """
+
+    def __init__(self, sock: socket.socket, on_accept: Callable[[socket.socket], None]) -> None:
+        self.sock = sock
+        self._on_accept = on_accept
+        self._loop = asyncio.get_running_loop()
+        self._retry: asyncio.TimerHandle | None = None
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        name = self.sock.getsockname()
+        return str(name[0]), int(name[1])
+
+    def _readable(self) -> None:
+        for _ in range(128):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                logger.warning(
+                    "toxiproxy.accept_failed",
+                    extra={"event": "toxiproxy.accept_failed", "error": str(exc)},
+                )
+                self._loop.remove_reader(self.sock.fileno())
+                self._retry = self._loop.call_later(0.1, self._resume)
+                return
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._on_accept(conn)
+
+    def _resume(self) -> None:
+        self._retry = None
+        if self.sock.fileno() >= 0:
+            self._loop.add_reader(self.sock.fileno(), self._readable)
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+        if self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+async def _listen(host: str, port: int, *, backlog: int = 1024) -> socket.socket:
+    """A bound, listening, non-blocking socket (SO_REUSEADDR, so a port can be re-bound)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    if not infos:  # pragma: no cover - getaddrinfo raises instead
+        raise OSError(f"cannot resolve {host!r}")
+    family, type_, proto, _, address = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class Proxy:
     """One named proxy: a listener, an upstream address, toxics and open links."""
 
@@ -88,8 +177,9 @@ class Proxy:
         self.enabled = False
         self.toxics: dict[str, Toxic] = {}
         self.links: set[Link] = set()
-        self._listener: asyncio.Server | None = None
-        self._dialing: set[asyncio.Task[Any]] = set()
+        self._listener: _Listener | None = None
+        # accepted clients whose upstream is being dialled
+        self._dialing: dict[asyncio.Task[None], _Accepted] = {}
 
     def to_json(self) -> dict[str, Any]:
         """The reference's JSON form of the proxy, toxics included."""
@@ -117,20 +207,18 @@ class Proxy:
         if self.enabled:
             return
         host, port = _split_address(self.listen, what="listen")
-        bind_host: str | None = host or None
         try:
-            listener = await asyncio.start_server(
-                self._on_client, bind_host, port, reuse_address=True, backlog=1024
-            )
+            sock = await _listen(host, port)
         except OSError as exc:
             raise ApiError(500, f"listen tcp {self.listen}: bind: {exc.strerror or exc}") from None
         except UnicodeError as exc:  # absurd host names
             raise ApiError(400, f"bad request body: listen {self.listen!r}: {exc}") from None
-        sockname = listener.sockets[0].getsockname()
+        listener = _Listener(sock, self._on_client)
+        bound_host, bound_port = listener.address
         if host in ("", "0.0.0.0", "::"):
-            self.listen = _format_address(host or "::", sockname[1])
+            self.listen = _format_address(host or bound_host, bound_port)
         else:
-            self.listen = _format_address(sockname[0], sockname[1])
+            self.listen = _format_address(bound_host, bound_port)
         self._listener = listener
         self.enabled = True
         logger.info(
@@ -144,19 +232,22 @@ class Proxy:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
-            await listener.wait_closed()
         await self.close_links()
 
     async def close_links(self) -> None:
         """Close every open connection of the proxy and wait for its tasks."""
-        for task in list(self._dialing):
+        dialing = list(self._dialing.items())
+        for task, _ in dialing:
             task.cancel()
         links = list(self.links)
         for link in links:
             link.close("abort")
-        tasks = [t for link in links for t in link.tasks] + list(self._dialing)
+        tasks = [t for link in links for t in link.tasks] + [t for t, _ in dialing]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        # only now: a socket closed under a transport being created would break the loop
+        for _, accepted in dialing:
+            accepted.close()
         self.links.clear()
 
     def abort_all(self) -> None:
@@ -164,10 +255,21 @@ class Proxy:
         for link in list(self.links):
             link.abort_transports()
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._dialing.add(task)
+    def _on_client(self, conn: socket.socket) -> None:
+        if not self.enabled:
+            conn.close()
+            return
+        accepted = _Accepted(conn)
+        task = asyncio.get_running_loop().create_task(self._dial(accepted))
+        self._dialing[task] = accepted
+        task.add_done_callback(self._dial_done)
+
+    def _dial_done(self, task: asyncio.Task[None]) -> None:
+        self._dialing.pop(task, None)
+
+    async def _dial(self, accepted: _Accepted) -> None:
+        reader, writer = await asyncio.open_connection(sock=accepted.sock, limit=1 << 20)
+        accepted.writer = writer
         link = Link(self, reader, writer, self.server.rng)
         try:
             host, port = _split_address(self.upstream, what="upstream")
@@ -188,9 +290,7 @@ class Proxy:
         except asyncio.CancelledError:
             writer.transport.abort()
             raise
-        finally:
-            self._dialing.discard(task)
-        if not self.enabled or task.cancelled():
+        if not self.enabled or writer.transport.is_closing():
             up_writer.transport.abort()
             writer.transport.abort()
             return
@@ -251,9 +351,8 @@ class ToxiproxyServer:
         self._config = None if config is None else _load_config(config)
         self.rng = random.Random(seed)
         self.proxies: dict[str, Proxy] = {}
-        self._api: asyncio.Server | None = None
-        self._api_writers: set[asyncio.StreamWriter] = set()
-        self._api_tasks: set[asyncio.Task[Any]] = set()
+        self._api: _Listener | None = None
+        self._api_conns: dict[asyncio.Task[None], _Accepted] = {}
         self._lock = asyncio.Lock()
         self._port: int | None = None
 
@@ -286,10 +385,9 @@ class ToxiproxyServer:
                 "toxiproxy.unauthenticated_api_exposed",
                 extra={"event": "toxiproxy.unauthenticated_api_exposed", "host": self.host},
             )
-        self._api = await asyncio.start_server(
-            self._serve_http, self.host, self._requested_port, reuse_address=True
-        )
-        self._port = int(self._api.sockets[0].getsockname()[1])
+        sock = await _listen(self.host, self._requested_port, backlog=128)
+        self._api = _Listener(sock, self._on_api_client)
+        self._port = self._api.address[1]
         logger.info(
             "toxiproxy.api_started",
             extra={"event": "toxiproxy.api_started", "host": self.host, "port": self._port},
@@ -312,20 +410,20 @@ class ToxiproxyServer:
         api, self._api = self._api, None
         if api is not None:
             api.close()
-        for writer in list(self._api_writers):
-            writer.transport.abort()
-        for task in list(self._api_tasks):
+        conns = list(self._api_conns.items())
+        for task, _ in conns:
             task.cancel()
-        if self._api_tasks:
-            await asyncio.gather(*self._api_tasks, return_exceptions=True)
+        if conns:
+            await asyncio.gather(*(t for t, _ in conns), return_exceptions=True)
+        for _, accepted in conns:
+            accepted.close()
         for proxy in list(self.proxies.values()):
             await proxy.stop()
             proxy.abort_all()
         self.proxies.clear()
-        if api is not None:
-            await api.wait_closed()
         # let the transports' connection_lost callbacks run so every socket is closed
-        for _ in range(3):
+        # and connections accepted just before the listeners closed get refused
+        for _ in range(5):
             await asyncio.sleep(0)
 
     async def __aenter__(self) -> Self:
@@ -370,11 +468,18 @@ class ToxiproxyServer:
         )
 
     # -- HTTP ----------------------------------------------------------------------------
-    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._api_tasks.add(task)
-        self._api_writers.add(writer)
+    def _on_api_client(self, conn: socket.socket) -> None:
+        if self._api is None:  # closing
+            conn.close()
+            return
+        accepted = _Accepted(conn)
+        task = asyncio.get_running_loop().create_task(self._serve_http(accepted))
+        self._api_conns[task] = accepted
+        task.add_done_callback(lambda t: self._api_conns.pop(t, None))
+
+    async def _serve_http(self, accepted: _Accepted) -> None:
+        reader, writer = await asyncio.open_connection(sock=accepted.sock)
+        accepted.writer = writer
         try:
             while True:
                 request = await _read_request(reader)
@@ -393,8 +498,6 @@ class ToxiproxyServer:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
-            self._api_writers.discard(writer)
-            self._api_tasks.discard(task)
             writer.transport.abort()
 
     async def handle(self, method: str, target: str, body: bytes) -> tuple[int, Any]:
