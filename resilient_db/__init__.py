@@ -27,6 +27,17 @@ from resilient_db._classify import (
     Rule,
     classify,
 )
+
+# [database]
+from resilient_db._database import (
+    Database,
+    DeadlineExceeded,
+    Transaction,
+    UnitEvent,
+    UnitListener,
+    UnitOptions,
+)
+from resilient_db._decorator import INJECTED, transactional
 from resilient_db._doctor import DoctorReport, Finding, Severity, doctor
 from resilient_db._engine import EngineSettings, create_async_engine, engine_settings
 from resilient_db._errors import (
@@ -48,11 +59,10 @@ from resilient_db._retry import (
 )
 from resilient_db._urls import safe_url
 
-# [database]
-
 __version__ = "0.1.0"
 
 __all__ = [
+    "INJECTED",
     "BreakerEvent",
     "BreakerListener",
     "BreakerPermit",
@@ -66,6 +76,8 @@ __all__ = [
     "Classifier",
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "Database",
+    "DeadlineExceeded",
     "DoctorReport",
     "EngineSettings",
     "ErrorFacts",
@@ -82,6 +94,10 @@ __all__ = [
     "RetryStatistics",
     "Rule",
     "Severity",
+    "Transaction",
+    "UnitEvent",
+    "UnitListener",
+    "UnitOptions",
     "__version__",
     "classify",
     "create_async_engine",
@@ -90,4 +106,5 @@ __all__ = [
     "retry_call",
     "safe_url",
     "set_testing",
+    "transactional",
 ]

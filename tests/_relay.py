@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Literal
+
+CutMode = Literal["before", "after"]
 
 
 class Relay:
@@ -16,22 +19,44 @@ class Relay:
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.black_hole = asyncio.Event()
+        #: Cut the link at the next COMMIT the client sends: "before" drops the COMMIT (the
+        #: server never commits), "after" forwards it and drops the server's answer (the
+        #: server committed, the client never hears). Reset to None after one cut.
+        self.cut_commit: CutMode | None = None
+        self.cuts = 0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        client_side: bool,
+        pair: list[asyncio.StreamWriter],
+        state: dict[str, bool],
+    ) -> None:
         try:
             while data := await reader.read(65536):
                 if self.black_hole.is_set():
                     continue  # swallow: the peer stays connected and silent
+                if client_side and self.cut_commit is not None and b"COMMIT" in data.upper():
+                    mode, self.cut_commit = self.cut_commit, None
+                    self.cuts += 1
+                    if mode == "before":
+                        break  # never forwarded: close both sides
+                    state["drop_next_reply"] = True
+                if not client_side and state.get("drop_next_reply"):
+                    break  # the server answered the COMMIT: drop it and cut the client
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
-            writer.close()
+            for w in pair:
+                w.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
@@ -48,9 +73,15 @@ class Relay:
             writer.close()
             return
         self._writers.add(up_writer)
+        pair = [writer, up_writer]
+        state: dict[str, bool] = {}
         for task in (
-            asyncio.create_task(self._pipe(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
+            asyncio.create_task(
+                self._pipe(reader, up_writer, client_side=True, pair=pair, state=state)
+            ),
+            asyncio.create_task(
+                self._pipe(up_reader, writer, client_side=False, pair=pair, state=state)
+            ),
         ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

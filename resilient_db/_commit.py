@@ -1,0 +1,107 @@
+"""Commit-outcome resolution (DESIGN §7).
+
+Before COMMIT of a transaction that wrote, read the transaction id and the backend pid (one
+round trip). If the connection dies during COMMIT, ask a fresh connection
+``pg_xact_status(xid)``: ``committed`` → the unit succeeded; ``aborted`` → safe to retry;
+``in progress`` → the old backend is still alive behind a dead socket: terminate it by pid
+and ask again; ``NULL``/error → unknown (e.g. the xid was lost in a failover).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import anyio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+__all__ = ["CommitOutcome", "TxnIdentity", "capture_identity", "resolve_commit"]
+
+logger = logging.getLogger("resilient_db")
+
+_CAPTURE = text("SELECT pg_current_xact_id_if_assigned()::text, pg_backend_pid()")
+_STATUS = text("SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8))")
+_TERMINATE = text("SELECT pg_terminate_backend(:pid)")
+
+
+class CommitOutcome(StrEnum):
+    """What the server did with a transaction whose COMMIT reply was lost."""
+
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class TxnIdentity:
+    """The server-side identity of a writing transaction, captured before COMMIT."""
+
+    xid: int
+    backend_pid: int
+
+
+async def capture_identity(session: AsyncSession) -> TxnIdentity | None:
+    """One round trip: the transaction's xid (``None`` when it wrote nothing) and pid."""
+    row = (await session.execute(_CAPTURE)).one()
+    if row[0] is None:
+        return None
+    return TxnIdentity(xid=int(row[0]), backend_pid=int(row[1]))
+
+
+async def _status(engine: AsyncEngine, ident: TxnIdentity) -> str | None:
+    async with engine.connect() as conn:
+        value: Any = (await conn.execute(_STATUS, {"xid": str(ident.xid)})).scalar()
+        await conn.rollback()
+    return None if value is None else str(value)
+
+
+async def _terminate(engine: AsyncEngine, pid: int) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(_TERMINATE, {"pid": pid})
+        await conn.rollback()
+
+
+async def resolve_commit(
+    engine: AsyncEngine, ident: TxnIdentity, *, timeout: float, poll: float = 0.05
+) -> CommitOutcome:
+    """Ask the server what became of ``ident``; at most ``timeout`` seconds.
+
+    Runs on fresh pool connections (the one that failed was invalidated). Never raises for
+    database errors: they make the outcome ``UNKNOWN``.
+    """
+    outcome = CommitOutcome.UNKNOWN
+    terminated = False
+    with anyio.move_on_after(max(timeout, 0.0)):
+        while True:
+            try:
+                status = await _status(engine, ident)
+            except Exception as exc:
+                logger.warning(
+                    "commit.resolve_failed",
+                    extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
+                )
+                break
+            if status == "committed":
+                outcome = CommitOutcome.COMMITTED
+                break
+            if status == "aborted":
+                outcome = CommitOutcome.ABORTED
+                break
+            if status != "in progress":
+                break  # NULL: too old or unknown here (e.g. after a failover)
+            # The old backend still holds the transaction open behind a dead socket.
+            if not terminated:
+                try:
+                    await _terminate(engine, ident.backend_pid)
+                except Exception as exc:
+                    logger.warning(
+                        "commit.terminate_failed",
+                        extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
+                    )
+                    break
+                terminated = True
+            await anyio.sleep(poll)  # poll with a deadline (the enclosing move_on_after)
+    return outcome

@@ -1,0 +1,135 @@
+"""``@transactional``: the repository-method decorator.
+
+The session is injected as the keyword argument ``session`` so the decorated function keeps
+its exact signature for type checkers (ParamSpec): declare it with the :data:`INJECTED`
+default and callers never pass it::
+
+    class Accounts:
+        def __init__(self, database: Database) -> None:
+            self.database = database
+
+        @transactional
+        async def deposit(
+            self, account: int, amount: int, *, session: AsyncSession = INJECTED
+        ) -> None:
+            await session.execute(...)
+
+The decorator finds its :class:`Database` (in this order): the ``database=`` given to the
+decorator (a ``Database`` or a zero-argument callable returning one, resolved at call time,
+so the class may be defined before any engine exists); the ``database`` attribute of the
+first positional argument (``self``). Inside an active unit on the same task it joins that
+unit's session: one transaction, one retry loop (only the outermost unit retries). A caller
+that passes ``session=`` explicitly runs the function on that session as is.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from resilient_db._database import _DEFAULT, Database, _joinable
+from resilient_db._retry import RetryPolicy
+
+__all__ = ["INJECTED", "transactional"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DatabaseSource = Database | Callable[[], Database]
+
+
+class _Injected:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "INJECTED"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: Default value for the ``session`` parameter of a ``@transactional`` function.
+INJECTED: Any = _Injected()
+
+
+def _find_database(source: DatabaseSource | None, args: tuple[Any, ...], fn: Any) -> Database:
+    if source is not None:
+        given: object = source if isinstance(source, Database) else source()
+        if isinstance(given, Database):
+            return given
+        raise TypeError(
+            f"@transactional(database=...) on {fn.__qualname__} must give a Database, got "
+            f"{type(given).__name__}"
+        )
+    if args:
+        found: object = getattr(args[0], "database", None)
+        if isinstance(found, Database):
+            return found
+    raise TypeError(
+        f"@transactional could not find a Database for {fn.__qualname__}(): give the instance a "
+        "'database' attribute (self.database = Database(engine)), or decorate with "
+        "@transactional(database=lambda: app.database)"
+    )
+
+
+@overload
+def transactional(fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]: ...
+
+
+@overload
+def transactional(
+    *,
+    database: DatabaseSource | None = None,
+    deadline: float | None = ...,
+    idempotent: bool = ...,
+    read_only: bool = ...,
+    retry: RetryPolicy | None = ...,
+    name: str | None = None,
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]: ...
+
+
+def transactional(
+    fn: Callable[P, Awaitable[T]] | None = None,
+    /,
+    *,
+    database: DatabaseSource | None = None,
+    deadline: float | None = _DEFAULT,
+    idempotent: bool = _DEFAULT,
+    read_only: bool = _DEFAULT,
+    retry: RetryPolicy | None = _DEFAULT,
+    name: str | None = None,
+) -> Any:
+    """Make an async function or method one unit of work (see the module docstring)."""
+
+    def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        unit_name = name or func.__qualname__
+        overrides = {
+            "deadline": deadline,
+            "idempotent": idempotent,
+            "read_only": read_only,
+            "retry": retry,
+            "name": unit_name,
+        }
+
+        @functools.wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            if kwargs.get("session", INJECTED) is not INJECTED:
+                return await func(*args, **kwargs)
+            db = _find_database(database, args, func)
+            active = _joinable(db._key)
+            if active is not None:
+                kwargs["session"] = active.session
+                return await func(*args, **kwargs)
+
+            def body(session: Any) -> Awaitable[T]:
+                kwargs["session"] = session
+                return func(*args, **kwargs)
+
+            return await db._unit(body, db._call_options(**overrides))
+
+        return wrapper
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate

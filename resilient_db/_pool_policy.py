@@ -1,0 +1,111 @@
+"""Pool policy: SQLAlchemy event listeners installed once per engine.
+
+* ``handle_error``: SQLAlchemy recycles the *whole* pool on any disconnect. With
+  ``pool_pre_ping`` on, that is unnecessary for one killed backend (each pooled connection is
+  pinged at checkout anyway), so the listener keeps the rest of the pool. A write that hits
+  a hot standby (SQLSTATE 25006 on a server reporting ``in_hot_standby=on``) is the opposite
+  case: every pooled connection points at the old primary, now a standby after a failover,
+  so the listener forces a pool-wide recycle.
+* ``before_cursor_execute``: marks the connection as having written in its current
+  transaction (any statement that does not start with ``SELECT``/``SHOW``), so only writing
+  transactions pay the round trip that captures their xid before COMMIT.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, ExceptionContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["WROTE_KEY", "install_pool_policy", "server_in_hot_standby"]
+
+logger = logging.getLogger("resilient_db")
+
+#: ``Connection.info`` key set to True once the current transaction ran a writing statement.
+WROTE_KEY = "resilient_db.wrote"
+_READS = ("SELECT", "SHOW", "select", "show")
+
+_installed: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def server_in_hot_standby(driver_connection: Any) -> bool | None:
+    """Whether the server behind a driver connection reports ``in_hot_standby=on``.
+
+    PostgreSQL 14+ reports the parameter to clients (and updates it on promotion), so this
+    costs no round trip. ``None`` when unknown (older server, other driver).
+    """
+    value: Any = None
+    try:
+        info = getattr(driver_connection, "info", None)
+        if info is not None and hasattr(info, "parameter_status"):  # psycopg 3
+            value = info.parameter_status("in_hot_standby")
+        elif hasattr(driver_connection, "get_settings"):  # asyncpg
+            value = getattr(driver_connection.get_settings(), "in_hot_standby", None)
+    except Exception:  # a broken connection: unknown
+        return None
+    if isinstance(value, bytes):
+        value = value.decode()
+    if value is None:
+        return None
+    return str(value).lower() == "on"
+
+
+def _sqlstates(exc: BaseException | None) -> list[str]:
+    out: list[str] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        if isinstance(state, str):
+            out.append(state)
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return out
+
+
+def _on_error(ctx: ExceptionContext) -> None:
+    conn = ctx.connection
+    if "25006" in _sqlstates(ctx.original_exception) and conn is not None:
+        try:
+            driver = conn.connection.driver_connection
+        except Exception:
+            driver = None
+        if server_in_hot_standby(driver):
+            ctx.is_disconnect = True
+            ctx.invalidate_pool_on_disconnect = True
+            logger.warning(
+                "pool.recycled",
+                extra={"reason": "write_on_standby", "sqlstate": "25006"},
+            )
+            return
+    if ctx.is_disconnect and ctx.invalidate_pool_on_disconnect:
+        pool = ctx.engine.pool if ctx.engine is not None else None
+        if pool is not None and getattr(pool, "_pre_ping", False):
+            # Keep the other pooled connections: pre-ping checks each one at checkout.
+            ctx.invalidate_pool_on_disconnect = False
+            logger.debug("pool.kept", extra={"reason": "single_disconnect"})
+
+
+def _track_writes(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    if not statement.lstrip().startswith(_READS):
+        conn.info[WROTE_KEY] = True
+
+
+def install_pool_policy(engine: AsyncEngine) -> None:
+    """Install the listeners on ``engine`` (idempotent)."""
+    sync = engine.sync_engine
+    if sync in _installed:
+        return
+    event.listen(sync, "handle_error", _on_error)
+    event.listen(sync, "before_cursor_execute", _track_writes)
+    _installed.add(sync)
