@@ -180,25 +180,41 @@ def default_is_failure(exc: BaseException) -> bool | None:
 
 
 class _SharedPermit:
-    """The permit of CLOSED / DISABLED / METRICS_ONLY: one object per breaker generation."""
+    """The permit of CLOSED / DISABLED / METRICS_ONLY: one object per breaker generation.
 
-    __slots__ = ("_b", "_gen")
+    ``_live`` is cleared when the breaker leaves that generation, so late outcomes of calls
+    admitted earlier only count in the totals.
+    """
 
-    def __init__(self, breaker: CircuitBreaker, gen: int) -> None:
+    __slots__ = ("_b", "_live")
+
+    def __init__(self, breaker: CircuitBreaker, live: bool) -> None:
         self._b = breaker
-        self._gen = gen
+        self._live = live
 
     def success(self, duration: float | None = None) -> None:
         b = self._b
         b._n_success += 1
-        if b._gen == self._gen and b._recording:
-            slow = b._slow_dur
-            b._record(False, slow is not None and duration is not None and duration >= slow)
+        if not self._live:
+            return
+        if duration is not None and b._slow_dur is not None and duration >= b._slow_dur:
+            b._record(False, True)
+            return
+        # Inlined fast path of _record(False, False): no allocation, a few attribute ops.
+        now = b._clock()
+        if now >= b._bucket_end:
+            b._advance(now)
+        b._cur_calls += 1
+        calls = b._calls = b._calls + 1
+        if calls >= b._min_calls and (
+            b._fails >= b._fr * calls or b._slow_dur is not None or b._mo_exceeded
+        ):
+            b._check(calls, now)
 
     def failure(self, duration: float | None = None) -> None:
         b = self._b
         b._n_failure += 1
-        if b._gen == self._gen and b._recording:
+        if self._live:
             slow = b._slow_dur
             b._record(True, slow is not None and duration is not None and duration >= slow)
 
@@ -323,9 +339,13 @@ class CircuitBreaker:
         "_b_calls",
         "_b_fails",
         "_b_slows",
+        "_bucket_end",
         "_bucket_width",
         "_calls",
         "_clock",
+        "_cur_calls",
+        "_cur_fails",
+        "_cur_slows",
         "_epoch",
         "_fails",
         "_fr",
@@ -359,7 +379,6 @@ class CircuitBreaker:
         "_probe_timeout",
         "_probing",
         "_random",
-        "_recording",
         "_shared",
         "_slow_dur",
         "_slows",
@@ -466,12 +485,14 @@ class CircuitBreaker:
         self._clock = clock
         self._random = random
 
-        n = self._n_buckets
-        self._b_calls = [0] * n
-        self._b_fails = [0] * n
-        self._b_slows = [0] * n
+        self._b_calls: list[int] = []
+        self._b_fails: list[int] = []
+        self._b_slows: list[int] = []
         self._calls = self._fails = self._slows = 0
-        self._epoch = self._epoch_of(clock())
+        self._cur_calls = self._cur_fails = self._cur_slows = 0
+        self._epoch = 0
+        self._bucket_end = 0.0
+        self._restart_window(clock())
         self._n_success = self._n_failure = self._n_ignored = self._n_rejected = 0
         self._n_probes = self._n_probe_failures = 0
         self._trips = 0
@@ -485,27 +506,32 @@ class CircuitBreaker:
         self._last_reason = "created"
         self._gen = 0
         self._state = _CLOSED
-        self._recording = True
-        self._shared = _SharedPermit(self, 0)
+        self._shared = _SharedPermit(self, True)
 
     # --- window ---------------------------------------------------------------------
 
-    def _epoch_of(self, now: float) -> int:
-        return math.floor(now / self._bucket_width)
-
-    def _advance(self, epoch: int) -> None:
+    def _advance(self, now: float) -> None:
+        """Move the window to the bucket holding ``now`` (completed buckets go to the ring)."""
+        epoch = math.floor(now / self._bucket_width)
+        old = self._epoch
+        if epoch <= old:  # float rounding at a bucket edge, or a clock that went back
+            return
         n = self._n_buckets
-        if epoch - self._epoch >= n:
+        if epoch - old >= n:
             self._clear_window()
         else:
             calls, fails, slows = self._b_calls, self._b_fails, self._b_slows
-            for e in range(self._epoch + 1, epoch + 1):
-                i = e % n
-                self._calls -= calls[i]
-                self._fails -= fails[i]
-                self._slows -= slows[i]
-                calls[i] = fails[i] = slows[i] = 0
+            i = old % n
+            calls[i], fails[i], slows[i] = self._cur_calls, self._cur_fails, self._cur_slows
+            for e in range(old + 1, epoch + 1):
+                j = e % n  # the slot of bucket e - n, which leaves the window
+                self._calls -= calls[j]
+                self._fails -= fails[j]
+                self._slows -= slows[j]
+                calls[j] = fails[j] = slows[j] = 0
+            self._cur_calls = self._cur_fails = self._cur_slows = 0
         self._epoch = epoch
+        self._bucket_end = (epoch + 1) * self._bucket_width
 
     def _clear_window(self) -> None:
         n = self._n_buckets
@@ -513,33 +539,35 @@ class CircuitBreaker:
         self._b_fails = [0] * n
         self._b_slows = [0] * n
         self._calls = self._fails = self._slows = 0
+        self._cur_calls = self._cur_fails = self._cur_slows = 0
 
-    def _sync_window(self, now: float) -> None:
-        epoch = self._epoch_of(now)
-        if epoch > self._epoch:
-            self._advance(epoch)
+    def _restart_window(self, now: float) -> None:
+        self._clear_window()
+        self._epoch = epoch = math.floor(now / self._bucket_width)
+        self._bucket_end = (epoch + 1) * self._bucket_width
 
     def _record(self, failure: bool, slow: bool) -> None:
         now = self._clock()
-        epoch = math.floor(now / self._bucket_width)
-        if epoch > self._epoch:
-            self._advance(epoch)
-        i = self._epoch % self._n_buckets
-        self._b_calls[i] += 1
+        if now >= self._bucket_end:
+            self._advance(now)
+        self._cur_calls += 1
         calls = self._calls = self._calls + 1
         if failure:
-            self._b_fails[i] += 1
+            self._cur_fails += 1
             self._fails += 1
         if slow:
-            self._b_slows[i] += 1
+            self._cur_slows += 1
             self._slows += 1
         if calls >= self._min_calls:
-            if self._fails >= self._fr * calls:
-                self._exceeded("failure_rate", now)
-            elif self._slow_dur is not None and self._slows >= self._sr * calls:
-                self._exceeded("slow_call_rate", now)
-            else:
-                self._mo_exceeded = False
+            self._check(calls, now)
+
+    def _check(self, calls: int, now: float) -> None:
+        if self._fails >= self._fr * calls:
+            self._exceeded("failure_rate", now)
+        elif self._slow_dur is not None and self._slows >= self._sr * calls:
+            self._exceeded("slow_call_rate", now)
+        elif self._mo_exceeded:
+            self._mo_exceeded = False
 
     def _exceeded(self, reason: str, now: float) -> None:
         if self._state is _CLOSED:
@@ -576,14 +604,11 @@ class CircuitBreaker:
         elif new is _CLOSED:
             self._trips = 0
             self._open_base = self._open_for
+        self._shared._live = False
         if new is _CLOSED or new is _METRICS_ONLY or new is _DISABLED:
-            self._shared = _SharedPermit(self, self._gen)
-            self._recording = new is not _DISABLED
+            self._shared = _SharedPermit(self, new is not _DISABLED)
             self._mo_exceeded = False
-            self._clear_window()
-            self._epoch = self._epoch_of(now)
-        else:
-            self._recording = False
+            self._restart_window(now)
         self._state = new
         self._emit(previous, new, reason, now, open_for)
 
@@ -809,8 +834,8 @@ class CircuitBreaker:
     def statistics(self) -> BreakerStatistics:
         """A frozen snapshot (rates over the current window)."""
         now = self._clock()
-        if self._recording:
-            self._sync_window(now)
+        if self._shared._live and now >= self._bucket_end:
+            self._advance(now)
         failure_rate, slow_rate = self._rates()
         state = self._state
         if state is _OPEN:
