@@ -36,6 +36,7 @@ from resilient_db._database import (
     UnitEvent,
     UnitListener,
     UnitOptions,
+    engine_health_check,
 )
 from resilient_db._decorator import INJECTED, transactional
 from resilient_db._doctor import DoctorReport, Finding, Severity, doctor
@@ -102,6 +103,7 @@ __all__ = [
     "classify",
     "create_async_engine",
     "doctor",
+    "engine_health_check",
     "engine_settings",
     "retry_call",
     "safe_url",

@@ -24,7 +24,12 @@ logger = logging.getLogger("resilient_db")
 
 _CAPTURE = text("SELECT pg_current_xact_id_if_assigned()::text, pg_backend_pid()")
 _STATUS = text("SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8))")
-_TERMINATE = text("SELECT pg_terminate_backend(:pid)")
+# Only the backend that still holds *this* transaction (never a reused pid, never a process
+# on another server after a failover).
+_TERMINATE = text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+    "WHERE pid = :pid AND backend_xid = CAST(CAST(:xid32 AS text) AS xid)"
+)
 
 
 class CommitOutcome(StrEnum):
@@ -58,10 +63,16 @@ async def _status(engine: AsyncEngine, ident: TxnIdentity) -> str | None:
     return None if value is None else str(value)
 
 
-async def _terminate(engine: AsyncEngine, pid: int) -> None:
+async def _terminate(engine: AsyncEngine, ident: TxnIdentity) -> None:
     async with engine.connect() as conn:
-        await conn.execute(_TERMINATE, {"pid": pid})
+        await conn.execute(_TERMINATE, {"pid": ident.backend_pid, "xid32": ident.xid & 0xFFFFFFFF})
         await conn.rollback()
+
+
+def _transient(exc: BaseException) -> bool:
+    from resilient_db._classify import default_classifier
+
+    return default_classifier().classify(exc).retryable
 
 
 async def resolve_commit(
@@ -74,16 +85,25 @@ async def resolve_commit(
     """
     outcome = CommitOutcome.UNKNOWN
     terminated = False
+    wait = poll
     with anyio.move_on_after(max(timeout, 0.0)):
         while True:
             try:
                 status = await _status(engine, ident)
             except Exception as exc:
+                if _transient(exc):  # the server is not reachable yet: keep asking
+                    logger.info(
+                        "commit.resolve_retry",
+                        extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
+                    )
+                    await anyio.sleep(wait)  # poll with a deadline (the enclosing scope)
+                    wait = min(wait * 2, 0.5)
+                    continue
                 logger.warning(
                     "commit.resolve_failed",
                     extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
                 )
-                break
+                break  # the server answered but cannot tell (e.g. xid from another timeline)
             if status == "committed":
                 outcome = CommitOutcome.COMMITTED
                 break
@@ -91,17 +111,17 @@ async def resolve_commit(
                 outcome = CommitOutcome.ABORTED
                 break
             if status != "in progress":
-                break  # NULL: too old or unknown here (e.g. after a failover)
+                break  # NULL: too old or unknown here
             # The old backend still holds the transaction open behind a dead socket.
             if not terminated:
                 try:
-                    await _terminate(engine, ident.backend_pid)
+                    await _terminate(engine, ident)
                 except Exception as exc:
-                    logger.warning(
+                    logger.info(
                         "commit.terminate_failed",
                         extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
                     )
-                    break
-                terminated = True
-            await anyio.sleep(poll)  # poll with a deadline (the enclosing move_on_after)
+                else:
+                    terminated = True
+            await anyio.sleep(poll)  # poll with a deadline (the enclosing scope)
     return outcome

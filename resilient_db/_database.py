@@ -48,6 +48,7 @@ __all__ = [
     "UnitEvent",
     "UnitListener",
     "UnitOptions",
+    "engine_health_check",
 ]
 
 logger = logging.getLogger("resilient_db")
@@ -155,6 +156,19 @@ def _joinable(key: object) -> _Active | None:
 
 _breakers: weakref.WeakKeyDictionary[Any, CircuitBreaker] = weakref.WeakKeyDictionary()
 _budgets: weakref.WeakKeyDictionary[Any, RetryBudget] = weakref.WeakKeyDictionary()
+
+
+def engine_health_check(engine: AsyncEngine) -> Callable[[], Awaitable[None]]:
+    """A breaker health check for ``engine``: a pooled connection (a new one during an
+    outage) and ``SELECT 1``. Pass it to ``CircuitBreaker(..., health_check=...)``.
+    """
+
+    async def health_check() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(_SELECT_1)
+            await conn.rollback()
+
+    return health_check
 
 
 def _endpoint(engine: AsyncEngine) -> str:
@@ -322,8 +336,17 @@ class _Attempt:
                 xid=None,
                 attempts=call.attempts,
             ) from exc
-        with anyio.CancelScope(shield=True):
-            outcome = await resolve_commit(db.engine, ident, timeout=db.resolve_timeout)
+        # Resolve within what is left of the unit's deadline; when the deadline is already
+        # spent (it fired during COMMIT), allow resolve_timeout as the cancellation grace.
+        timeout = db.resolve_timeout
+        if call.options.deadline is not None and not own_timeout:
+            timeout = max(call.started + call.options.deadline - time.monotonic(), timeout)
+        elif call.options.deadline is None:
+            timeout = max(timeout, 30.0)
+        # Shielded only when our own deadline cancelled the COMMIT (the scope is cancelled
+        # then); a caller's cancellation still interrupts the resolution at once.
+        with anyio.CancelScope(shield=own_timeout):
+            outcome = await resolve_commit(db.engine, ident, timeout=timeout)
         db._emit("commit.resolved", call, cls, xid=ident.xid, outcome=outcome.value)
         if outcome is CommitOutcome.COMMITTED:
             return True
@@ -419,7 +442,9 @@ class Database:
     def _shared_breaker(self) -> CircuitBreaker:
         breaker = _breakers.get(self._key)
         if breaker is None:
-            breaker = CircuitBreaker(_endpoint(self.engine), health_check=self.health_check)
+            breaker = CircuitBreaker(
+                _endpoint(self.engine), health_check=engine_health_check(self.engine)
+            )
             _breakers[self._key] = breaker
         return breaker
 
@@ -431,9 +456,7 @@ class Database:
 
     async def health_check(self) -> None:
         """A cheap probe: a connection from the pool (a new one during an outage), SELECT 1."""
-        async with self.engine.connect() as conn:
-            await conn.execute(_SELECT_1)
-            await conn.rollback()
+        await engine_health_check(self.engine)()
 
     def _make_session(self) -> AsyncSession:
         return AsyncSession(self.engine, **self._session_options)
