@@ -30,6 +30,8 @@ from resilient_db._classify import (
 
 # [database]
 from resilient_db._database import (
+    AttemptBlock,
+    Attempts,
     Database,
     DeadlineExceeded,
     Transaction,
@@ -53,6 +55,7 @@ from resilient_db._retry import (
     RetryDecision,
     RetryEvent,
     RetryHooks,
+    RetryLoop,
     RetryPolicy,
     RetryStatistics,
     retry_call,
@@ -64,6 +67,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "INJECTED",
+    "AttemptBlock",
+    "Attempts",
     "BreakerEvent",
     "BreakerListener",
     "BreakerPermit",
@@ -91,6 +96,7 @@ __all__ = [
     "RetryDecision",
     "RetryEvent",
     "RetryHooks",
+    "RetryLoop",
     "RetryPolicy",
     "RetryStatistics",
     "Rule",

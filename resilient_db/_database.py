@@ -39,9 +39,11 @@ from resilient_db._classify import Classification, Classifier, ErrorKind, Phase,
 from resilient_db._commit import CommitOutcome, TxnIdentity, capture_identity, resolve_commit
 from resilient_db._errors import CircuitOpenError, CommitOutcomeUnknown, ResilientDBError
 from resilient_db._pool_policy import WROTE_KEY, install_pool_policy, server_in_hot_standby
-from resilient_db._retry import RetryDecision, RetryPolicy, retry_call
+from resilient_db._retry import RetryDecision, RetryLoop, RetryPolicy, retry_call
 
 __all__ = [
+    "AttemptBlock",
+    "Attempts",
     "Database",
     "DeadlineExceeded",
     "Transaction",
@@ -650,6 +652,31 @@ class Database:
         )
         return Transaction(self, options)
 
+    def attempts(
+        self,
+        *,
+        deadline: float | None = _DEFAULT,
+        idempotent: bool = _DEFAULT,
+        read_only: bool = _DEFAULT,
+        retry: RetryPolicy | None = _DEFAULT,
+        name: str | None = _DEFAULT,
+    ) -> Attempts:
+        """The block form of :meth:`run`::
+
+            async for attempt in db.attempts():
+                async with attempt as session:
+                    ...
+
+        Each attempt is a fresh session and transaction, committed when the block ends;
+        a retryable error ends the block, and the loop backs off and runs it again. The
+        loop ends after the first attempt that commits; a fatal error, or the last one when
+        the policy stops, propagates unchanged.
+        """
+        options = self._call_options(
+            deadline=deadline, idempotent=idempotent, read_only=read_only, retry=retry, name=name
+        )
+        return Attempts(self, options)
+
 
 class Transaction:
     """The async context manager returned by :meth:`Database.transaction`."""
@@ -729,3 +756,156 @@ class Transaction:
                 return  # let the original propagate unchanged
             raise
         self._exit_scope(None)
+
+
+class Attempts:
+    """The async iterator returned by :meth:`Database.attempts`."""
+
+    __slots__ = ("_call", "_db", "_done", "_failed", "_joined", "_loop", "_options", "_policy")
+
+    def __init__(self, db: Database, options: UnitOptions) -> None:
+        self._db = db
+        self._options = options
+        self._policy = options.retry or db.retry
+        self._call = _Call(options=options, started=time.monotonic())
+        self._loop: RetryLoop | None = None
+        self._failed: Exception | None = None
+        self._done = False
+        self._joined = _joinable(db._key)
+
+    def __aiter__(self) -> Attempts:
+        return self
+
+    async def __anext__(self) -> AttemptBlock:
+        if self._done:
+            raise StopAsyncIteration
+        exc = self._failed
+        if exc is not None:
+            self._failed = None
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = RetryLoop(
+                    exc,
+                    self._call.decide(exc) or RetryDecision(),
+                    policy=self._policy,
+                    budget=self._db.budget,
+                    deadline_at=self._deadline_at(),
+                    name=self._options.name,
+                )
+            else:
+                loop.failed(exc, self._call.decide(exc) or RetryDecision())
+            await loop.backoff()  # re-raises the last error when the policy stops
+        return AttemptBlock(self)
+
+    def _deadline_at(self) -> float | None:
+        deadline = self._options.deadline
+        if deadline is None:
+            return None
+        return self._policy.clock() + deadline - (time.monotonic() - self._call.started)
+
+    def _settle(self, exc: BaseException | None) -> bool:
+        """After a block: True to swallow ``exc`` and run another attempt."""
+        if exc is None:
+            self._done = True
+            if self._loop is not None:
+                self._loop.succeeded()
+            elif self._db.budget is not None:
+                self._db.budget.deposit()
+            return False
+        if isinstance(exc, Exception) and self._call.decide(exc) is not None:
+            self._failed = exc
+            return True
+        self._done = True
+        if self._loop is not None:
+            if isinstance(exc, Exception):
+                self._loop.not_retryable(exc)
+            else:
+                self._loop.cancelled()
+        return False
+
+
+class AttemptBlock:
+    """One attempt of :meth:`Database.attempts`: ``async with attempt as session``."""
+
+    __slots__ = ("_attempt", "_attempts", "_scope")
+
+    def __init__(self, attempts: Attempts) -> None:
+        self._attempts = attempts
+        self._attempt: _Attempt | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    async def __aenter__(self) -> AsyncSession:
+        outer = self._attempts
+        if outer._joined is not None:
+            return outer._joined.session
+        call, db = outer._call, outer._db
+        deadline = outer._options.deadline
+        if deadline is not None:
+            scope = self._scope = anyio.CancelScope(
+                deadline=anyio.current_time() + deadline - (time.monotonic() - call.started)
+            )
+            scope.__enter__()
+            call.scope = scope
+
+        async def begin() -> _Attempt:
+            a = _Attempt(db, call)
+            await a.begin()
+            return a
+
+        try:
+            # Getting a healthy connection and BEGIN is retried here; never the block.
+            self._attempt = await db._retry(begin, call, outer._policy, outer._deadline_at())
+        except BaseException as exc:
+            self._exit_scope(exc)
+            outer._done = True
+            raise
+        assert self._attempt.session is not None
+        return self._attempt.session
+
+    def _exit_scope(self, exc: BaseException | None) -> None:
+        scope, self._scope = self._scope, None
+        if scope is None:
+            return
+        caught = scope.__exit__(
+            type(exc) if exc is not None else None, exc, exc.__traceback__ if exc else None
+        )
+        if caught or (scope.cancelled_caught and exc is None):
+            self._attempts._done = True
+            raise self._attempts._db._deadline_error(self._attempts._call) from None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        outer = self._attempts
+        if outer._joined is not None:
+            outer._done = True
+            return False
+        a = self._attempt
+        assert a is not None
+        error: BaseException | None = exc
+        try:
+            if exc is None:
+                await a.commit()
+            else:
+                try:
+                    await a.fail(exc)
+                finally:
+                    a._leave()
+        except BaseException as err:
+            error = err
+        try:
+            self._exit_scope(error)
+        except DeadlineExceeded:
+            raise
+        if error is None:
+            outer._settle(None)
+            return False
+        swallow = outer._settle(error)
+        if swallow:
+            return True
+        if error is exc:
+            return False  # the original propagates unchanged
+        raise error

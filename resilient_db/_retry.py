@@ -479,58 +479,144 @@ async def _retry_after_failure(
     name: str | None,
     start: float,
 ) -> T:
-    clock = policy.clock
-    testing = _testing
-    max_attempts = policy.attempts
-    if testing is not None:
-        max_attempts = min(testing.attempts, max_attempts) if testing.cap else testing.attempts
-    limit = math.inf if policy.deadline is None else start + policy.deadline
-    if deadline_at is not None and deadline_at < limit:
-        limit = deadline_at
-    run = _Run(decision)
-
-    def wait(rs: RetryCallState) -> float:
-        if testing is not None:
-            return 0.0
-        d = run.decision
-        return policy.backoff(
-            rs.attempt_number,
-            category=d.category,
-            previous=run.previous,
-            retry_after=d.retry_after,
-        )
-
-    def stop(rs: RetryCallState) -> bool:
-        if rs.attempt_number >= max_attempts:
-            run.reason = "attempts"
-            return True
-        if clock() + rs.upcoming_sleep > limit:
-            run.reason = "deadline"
-            return True
-        if budget is not None and not budget.withdraw():
-            run.reason = "budget"
-            return True
-        return False
-
-    def always(rs: RetryCallState) -> bool:
-        return True
-
-    def give_up(rs: RetryCallState) -> object:
-        return _STOP
-
-    retrying = AsyncRetrying(
-        stop=stop, wait=wait, retry=always, retry_error_callback=give_up, reraise=True
+    loop = RetryLoop(
+        first,
+        decision,
+        policy=policy,
+        budget=budget,
+        deadline_at=deadline_at,
+        hooks=hooks,
+        name=name,
+        start=start,
     )
-    retrying.begin()
-    state = RetryCallState(retrying, fn=None, args=(), kwargs={})
-    state.set_exception((type(first), first, first.__traceback__))
-    last: Exception = first
     while True:
-        do = await retrying.iter(state)
+        await loop.backoff()  # raises the last original exception when it stops
+        try:
+            result = await fn()
+        except Exception as exc:
+            new_decision = decide(exc)
+            if new_decision is None:
+                loop.not_retryable(exc)
+                raise
+            loop.failed(exc, new_decision)
+        except BaseException:
+            loop.cancelled()
+            raise
+        else:
+            loop.succeeded()
+            return result
+
+
+class RetryLoop:
+    """The retry machinery after a first retryable failure (tenacity drives it).
+
+    :func:`retry_call` and the block form of units of work (``Database.attempts()``) share
+    it: after each retryable failure call :meth:`failed`, then :meth:`backoff` (which
+    sleeps, or re-raises the last original exception, annotated, when the policy stops);
+    end with :meth:`succeeded`, :meth:`not_retryable` or :meth:`cancelled`. Built only on
+    the first failure: the happy path never creates one.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_last",
+        "_limit",
+        "_max_attempts",
+        "_retrying",
+        "_run",
+        "_state",
+        "_testing",
+        "budget",
+        "hooks",
+        "name",
+        "policy",
+        "start",
+    )
+
+    def __init__(
+        self,
+        first: Exception,
+        decision: RetryDecision,
+        *,
+        policy: RetryPolicy,
+        budget: RetryBudget | None = None,
+        deadline_at: float | None = None,
+        hooks: RetryHooks | None = None,
+        name: str | None = None,
+        start: float | None = None,
+    ) -> None:
+        self.policy = policy
+        self.budget = budget
+        self.hooks = hooks
+        self.name = name
+        clock = self._clock = policy.clock
+        self.start = clock() if start is None else start
+        testing = self._testing = _testing
+        max_attempts = policy.attempts
+        if testing is not None:
+            max_attempts = min(testing.attempts, max_attempts) if testing.cap else testing.attempts
+        self._max_attempts = max_attempts
+        limit = math.inf if policy.deadline is None else self.start + policy.deadline
+        if deadline_at is not None and deadline_at < limit:
+            limit = deadline_at
+        self._limit = limit
+        run = self._run = _Run(decision)
+
+        def wait(rs: RetryCallState) -> float:
+            if testing is not None:
+                return 0.0
+            d = run.decision
+            return policy.backoff(
+                rs.attempt_number,
+                category=d.category,
+                previous=run.previous,
+                retry_after=d.retry_after,
+            )
+
+        def stop(rs: RetryCallState) -> bool:
+            if rs.attempt_number >= max_attempts:
+                run.reason = "attempts"
+                return True
+            if clock() + rs.upcoming_sleep > limit:
+                run.reason = "deadline"
+                return True
+            if budget is not None and not budget.withdraw():
+                run.reason = "budget"
+                return True
+            return False
+
+        def always(rs: RetryCallState) -> bool:
+            return True
+
+        def give_up(rs: RetryCallState) -> object:
+            return _STOP
+
+        retrying = self._retrying = AsyncRetrying(
+            stop=stop, wait=wait, retry=always, retry_error_callback=give_up, reraise=True
+        )
+        retrying.begin()
+        state = self._state = RetryCallState(retrying, fn=None, args=(), kwargs={})
+        state.set_exception((type(first), first, first.__traceback__))
+        self._last: Exception = first
+
+    @property
+    def attempts(self) -> int:
+        """Attempts made so far (the first one included)."""
+        return int(self._state.attempt_number)
+
+    def failed(self, exc: Exception, decision: RetryDecision) -> None:
+        """Record another retryable failure (call :meth:`backoff` next)."""
+        self._run.decision = decision
+        self._last = exc
+        self._state.set_exception((type(exc), exc, exc.__traceback__))
+
+    async def backoff(self) -> None:
+        """Sleep before the next attempt, or re-raise the last failure if the policy stops."""
+        run, state, clock, last, name = self._run, self._state, self._clock, self._last, self.name
+        do = await self._retrying.iter(state)
         if not isinstance(do, DoSleep):
-            # Stopped: re-raise the last original exception, annotated.
             attempts = state.attempt_number
-            elapsed = clock() - start
+            elapsed = clock() - self.start
             reason = run.reason
             last.add_note(
                 f"resilient_db: gave up after {attempts} attempt(s) in {elapsed:.3f}s "
@@ -547,7 +633,9 @@ async def _retry_after_failure(
                     "error_type": type(last).__qualname__,
                 },
             )
-            _finish(hooks, name, attempts, run.total_sleep, elapsed, reason, run.decision.category)
+            _finish(
+                self.hooks, name, attempts, run.total_sleep, elapsed, reason, run.decision.category
+            )
             raise last
         seconds = float(do)
         failed_attempt = state.attempt_number
@@ -562,6 +650,7 @@ async def _retry_after_failure(
                 "error_type": type(last).__qualname__,
             },
         )
+        hooks = self.hooks
         if hooks is not None:
             try:
                 hooks.on_retry(
@@ -571,7 +660,7 @@ async def _retry_after_failure(
                         category=run.decision.category,
                         exception=last,
                         sleep=seconds,
-                        elapsed=clock() - start,
+                        elapsed=clock() - self.start,
                     )
                 )
             except Exception:
@@ -581,53 +670,41 @@ async def _retry_after_failure(
         run.previous = seconds
         run.total_sleep += seconds
         try:
-            if testing is not None:
+            if self._testing is not None:
                 await anyio.lowlevel.checkpoint()
             else:
-                await policy.sleep(seconds)
-            result = await fn()
-        except Exception as exc:
-            new_decision = decide(exc)
-            attempts = state.attempt_number
-            if new_decision is None:
-                exc.add_note(
-                    f"resilient_db: attempt {attempts} failed with a non-retryable error "
-                    f"after {attempts - 1} retryable failure(s); not retried"
-                )
-                _finish(
-                    hooks,
-                    name,
-                    attempts,
-                    run.total_sleep,
-                    clock() - start,
-                    "not_retryable",
-                    run.decision.category,
-                )
-                raise
-            run.decision = new_decision
-            last = exc
-            state.set_exception((type(exc), exc, exc.__traceback__))
+                await self.policy.sleep(seconds)
         except BaseException:
-            _finish(
-                hooks,
-                name,
-                state.attempt_number,
-                run.total_sleep,
-                clock() - start,
-                "cancelled",
-                run.decision.category,
-            )
+            self.cancelled()
             raise
-        else:
-            if budget is not None:
-                budget.deposit()
-            _finish(
-                hooks,
-                name,
-                state.attempt_number,
-                run.total_sleep,
-                clock() - start,
-                "success",
-                run.decision.category,
-            )
-            return result
+
+    def not_retryable(self, exc: BaseException) -> None:
+        """The latest attempt failed with a non-retryable error (re-raise it after this)."""
+        attempts = self._state.attempt_number
+        exc.add_note(
+            f"resilient_db: attempt {attempts} failed with a non-retryable error "
+            f"after {attempts - 1} retryable failure(s); not retried"
+        )
+        self._done("not_retryable")
+
+    def cancelled(self) -> None:
+        """The latest attempt was cancelled (re-raise after this)."""
+        self._done("cancelled")
+
+    def succeeded(self) -> None:
+        """The latest attempt succeeded."""
+        if self.budget is not None:
+            self.budget.deposit()
+        self._done("success")
+
+    def _done(self, reason: StopReason) -> None:
+        run = self._run
+        _finish(
+            self.hooks,
+            self.name,
+            self._state.attempt_number,
+            run.total_sleep,
+            self._clock() - self.start,
+            reason,
+            run.decision.category,
+        )

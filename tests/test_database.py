@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from resilient_db import (
@@ -451,3 +451,80 @@ async def test_cancelling_units_leaks_nothing_and_leaves_breaker_alone(
     with anyio.fail_after(10):
         while server_side() != 0:  # noqa: ASYNC110 - poll server state with a deadline
             await anyio.sleep(0.05)
+
+
+async def test_attempts_block_form_retries_the_whole_block(
+    engine: AsyncEngine, table: str, pg_dsn: str
+) -> None:
+    db = Database(engine, retry=FAST, breaker=_breaker())
+    runs = 0
+    async for attempt in db.attempts(name="block"):
+        async with attempt as session:
+            runs += 1
+            pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            await session.execute(text(f"UPDATE {table} SET balance = balance + 5 WHERE id = 1"))
+            if runs == 1:
+                await anyio.to_thread.run_sync(_terminate, pg_dsn, pid)
+            await session.execute(text("SELECT 1"))
+    assert runs == 2
+    assert _sync_scalar(pg_dsn, f"SELECT balance FROM {table} WHERE id = 1") == 1005
+
+
+async def test_attempts_block_form_raises_fatal_errors_unchanged(
+    engine: AsyncEngine, table: str
+) -> None:
+    db = Database(engine, retry=FAST, breaker=_breaker())
+    runs = 0
+
+    async def go() -> None:
+        nonlocal runs
+        async for attempt in db.attempts():
+            async with attempt as session:
+                runs += 1
+                await session.execute(text(f"INSERT INTO {table} VALUES (2, 0)"))
+
+    with pytest.raises(IntegrityError):
+        await go()
+    assert runs == 1
+    assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_attempts_give_up_with_the_original_error_annotated(
+    engine: AsyncEngine, table: str
+) -> None:
+    db = Database(engine, retry=RetryPolicy(attempts=3, initial=0.001, max_backoff=0.002))
+    runs = 0
+
+    async def go() -> None:
+        nonlocal runs
+        async for attempt in db.attempts():
+            async with attempt as session:
+                runs += 1
+                # 55P03 (lock not available, retryable): the row is locked by `locker`
+                await session.execute(text(f"SELECT * FROM {table} WHERE id = 3 FOR UPDATE NOWAIT"))
+
+    with psycopg.connect(_dsn_of(engine)) as locker:
+        locker.execute(f"SELECT * FROM {table} WHERE id = 3 FOR UPDATE")
+        with pytest.raises(DBAPIError) as info:
+            await go()
+        locker.rollback()
+    assert runs == 3
+    assert any("gave up after 3 attempt(s)" in note for note in info.value.__notes__)
+
+
+def _dsn_of(engine: AsyncEngine) -> str:
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def test_attempts_inside_a_unit_join_it(engine: AsyncEngine, table: str) -> None:
+    db = Database(engine, retry=FAST, breaker=_breaker())
+
+    async def outer(session: AsyncSession) -> bool:
+        blocks = 0
+        async for attempt in db.attempts():
+            async with attempt as inner:
+                blocks += 1
+                same = inner is session
+        return same and blocks == 1
+
+    assert await db.run(outer) is True
