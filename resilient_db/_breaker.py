@@ -4,7 +4,10 @@
   ``window`` seconds (running totals: O(1) per call and per snapshot). It trips to OPEN when
   at least ``minimum_calls`` calls are in the window and the failure rate reaches
   ``failure_rate``, or the slow-call rate (calls lasting ``slow_call_duration`` or more)
-  reaches ``slow_call_rate``.
+  reaches ``slow_call_rate``. It also trips after ``consecutive_failures`` failures in a
+  row (no success between them) whatever the window holds: a total outage right after a
+  busy healthy period would otherwise need as many failures as the window has successes
+  before the rate crosses its threshold.
 * OPEN rejects at once with :class:`~resilient_db.CircuitOpenError` (a fresh, cheap
   exception per call: nothing is shared or accumulated). The open duration starts at
   ``open_for``, grows by ``open_growth`` on each consecutive trip with +/- ``open_jitter``
@@ -24,7 +27,11 @@ group or background task is needed. While OPEN, the first caller of :meth:`acqui
 passed, every other caller fails fast. At most one probe runs per ``probe_interval``
 whatever the concurrency. When the health check succeeds the breaker moves to HALF_OPEN at
 once (even if the open duration has grown to ``open_for_max``) and the probing caller takes
-the first half-open permit itself. The synchronous :meth:`acquire` never probes.
+the first half-open permit itself. With a health check, leaving OPEN happens *only* through a
+passing probe (never on the ``open_for`` timer), so a dead server costs exactly one
+connection attempt per ``probe_interval`` whatever the concurrency; the open duration then
+only tells callers when to come back (``retry_after``). The synchronous :meth:`acquire`
+never probes, and falls back to the ``open_for`` timer.
 
 Concurrency: all state changes are synchronous (no ``await`` inside), so the breaker is safe
 for any number of tasks on one event loop (asyncio or trio via anyio) without a lock, and no
@@ -197,6 +204,7 @@ class _SharedPermit:
         b._n_success += 1
         if not self._live:
             return
+        b._streak = 0
         if duration is not None and b._slow_dur is not None and duration >= b._slow_dur:
             b._record(False, True)
             return
@@ -216,6 +224,7 @@ class _SharedPermit:
         b._n_failure += 1
         if self._live:
             slow = b._slow_dur
+            b._streak += 1
             b._record(True, slow is not None and duration is not None and duration >= slow)
 
     def ignore(self) -> None:
@@ -360,6 +369,7 @@ class CircuitBreaker:
         "_last_reason",
         "_listeners",
         "_max_ho_wait",
+        "_max_streak",
         "_min_calls",
         "_mo_exceeded",
         "_n_buckets",
@@ -384,6 +394,7 @@ class CircuitBreaker:
         "_slows",
         "_sr",
         "_state",
+        "_streak",
         "_trips",
         "name",
     )
@@ -396,6 +407,7 @@ class CircuitBreaker:
         buckets: int = 10,
         minimum_calls: int = 20,
         failure_rate: float = 0.5,
+        consecutive_failures: int | None = 10,
         slow_call_duration: float | None = None,
         slow_call_rate: float = 1.0,
         half_open_permits: int = 1,
@@ -422,6 +434,16 @@ class CircuitBreaker:
         self._n_buckets = _int("buckets", buckets, fix="use e.g. buckets=10")
         self._bucket_width = width / self._n_buckets
         self._min_calls = _int("minimum_calls", minimum_calls, fix="use e.g. minimum_calls=20")
+        self._max_streak = (
+            None
+            if consecutive_failures is None
+            else _int(
+                "consecutive_failures",
+                consecutive_failures,
+                fix="use e.g. consecutive_failures=10, or None to trip on the rate only",
+            )
+        )
+        self._streak = 0
         self._fr = _num(
             "failure_rate", failure_rate, low=0.0, high=1.0, fix="use a fraction, e.g. 0.5"
         )
@@ -560,6 +582,9 @@ class CircuitBreaker:
             self._slows += 1
         if calls >= self._min_calls:
             self._check(calls, now)
+        streak = self._max_streak
+        if streak is not None and self._streak >= streak and self._state is not _OPEN:
+            self._exceeded("consecutive_failures", now)
 
     def _check(self, calls: int, now: float) -> None:
         if self._fails >= self._fr * calls:
@@ -588,6 +613,7 @@ class CircuitBreaker:
         previous = self._state
         open_for: float | None = None
         self._gen += 1
+        self._streak = 0
         self._ho_in_flight = self._ho_successes = 0
         self._last_reason = reason
         if new is _OPEN:
@@ -688,7 +714,9 @@ class CircuitBreaker:
         state = self._state
         if state is _OPEN:
             now = self._clock()
-            if now < self._open_until:
+            # With a health check, only a passing probe leaves OPEN: the timer would admit a
+            # real call as an extra, unpaced connection attempt on a dead server.
+            if now < self._open_until or (may_probe and self._health_check is not None):
                 if (
                     may_probe
                     and self._health_check is not None

@@ -237,7 +237,9 @@ class _Attempt:
         options = self.call.options
         try:
             if not options.read_only:
-                await session.flush()
+                sync = session.sync_session
+                if sync.new or sync.deleted or sync.dirty:
+                    await session.flush()  # COMMIT would flush anyway; capture after it
                 if not options.idempotent and self._wrote():
                     self.ident = await capture_identity(session)
             self.phase = Phase.COMMIT
@@ -245,7 +247,10 @@ class _Attempt:
         except BaseException as exc:
             await self.fail(exc)  # returns only when the COMMIT was resolved as applied
         else:
-            await self._close()
+            # After a COMMIT the connection goes back to the pool without I/O: no need for
+            # the shielded, bounded close of the failure path.
+            self.session = None
+            await session.close()
             if self.permit is not None:
                 self.permit.success(time.perf_counter() - self.started)
         finally:

@@ -498,3 +498,63 @@ def test_validation(kwargs: dict[str, Any], needle: str) -> None:
     assert needle in str(info.value)
     with pytest.raises(ConfigurationError, match="name"):
         CircuitBreaker("")
+
+
+def test_consecutive_failures_trip_whatever_the_window_holds() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker("db", minimum_calls=5, consecutive_failures=3, clock=lambda: now[0])
+    for _ in range(100):
+        breaker.acquire().success()
+    for _ in range(2):
+        breaker.acquire().failure()
+    assert breaker.state == "closed"  # 2 of 102 is far below the rate threshold
+    breaker.acquire().success()  # a success breaks the streak
+    for _ in range(2):
+        breaker.acquire().failure()
+    assert breaker.state == "closed"
+    breaker.acquire().failure()
+    assert breaker.state == "open"
+    assert breaker.statistics().last_reason == "consecutive_failures"
+
+
+def test_consecutive_failures_can_be_turned_off() -> None:
+    breaker = CircuitBreaker("db", minimum_calls=500, consecutive_failures=None)
+    for _ in range(50):
+        breaker.acquire().failure()
+    assert breaker.state == "closed"
+
+
+async def test_with_a_health_check_only_a_passing_probe_leaves_open() -> None:
+    now = [0.0]
+    healthy = [False]
+    checks = 0
+
+    async def health_check() -> None:
+        nonlocal checks
+        checks += 1
+        if not healthy[0]:
+            raise ConnectionRefusedError("down")
+
+    breaker = CircuitBreaker(
+        "db",
+        consecutive_failures=2,
+        open_for=1.0,
+        probe_interval=0.5,
+        health_check=health_check,
+        clock=lambda: now[0],
+    )
+    for _ in range(2):
+        (await breaker.acquire_async()).failure()
+    assert breaker.state == "open"
+    for step in range(40):  # 20 s of callers arriving every 0.5 s, far past open_for
+        now[0] += 0.5
+        with pytest.raises(CircuitOpenError):
+            await breaker.acquire_async()
+        assert breaker.state == "open", step
+    assert checks == 40  # one probe per interval, and no unpaced half-open call
+    healthy[0] = True
+    now[0] += 0.5
+    permit = await breaker.acquire_async()
+    assert breaker.state == "half_open"
+    permit.success()
+    assert breaker.state == "closed"

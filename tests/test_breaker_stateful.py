@@ -11,9 +11,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from resilient_db import BreakerPermit, CircuitBreaker, CircuitOpenError
 
-WINDOW, BUCKETS, MIN_CALLS, RATE = 4.0, 4, 3, 0.5
+WINDOW, BUCKETS, MIN_CALLS, RATE = 4.0, 4, 6, 0.5
 SLOW, SLOW_RATE = 1.0, 0.75
 OPEN_FOR, OPEN_MAX, GROWTH, PERMITS, HO_WAIT = 1.0, 4.0, 2.0, 2, 3.0
+STREAK = 3  # consecutive failures that trip whatever the window holds
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Model:
         self.ho_since = 0.0
         self.in_flight = 0
         self.successes = 0
+        self.streak = 0
 
     def window(self, now: float) -> list[tuple[int, bool, bool]]:
         epoch = math.floor(now / (WINDOW / BUCKETS))
@@ -42,7 +44,7 @@ class Model:
 
     def go(self, state: str, now: float) -> None:
         self.period += 1
-        self.in_flight = self.successes = 0
+        self.in_flight = self.successes = self.streak = 0
         if state == "open":
             duration = min(OPEN_MAX, self.base)
             self.base = min(OPEN_MAX, self.base * GROWTH)
@@ -90,14 +92,14 @@ class Model:
             return
         epoch = math.floor(now / (WINDOW / BUCKETS))
         self.records.append((epoch, outcome == "failure", slow))
+        self.streak = self.streak + 1 if outcome == "failure" else 0
         window = self.window(now)
         calls = len(window)
         fails = sum(1 for r in window if r[1])
         slows = sum(1 for r in window if r[2])
-        if (
-            self.state == "closed"
-            and calls >= MIN_CALLS
-            and (fails >= RATE * calls or slows >= SLOW_RATE * calls)
+        if self.state == "closed" and (
+            (calls >= MIN_CALLS and (fails >= RATE * calls or slows >= SLOW_RATE * calls))
+            or self.streak >= STREAK
         ):
             self.go("open", now)
 
@@ -112,6 +114,7 @@ class BreakerMachine(RuleBasedStateMachine):
             buckets=BUCKETS,
             minimum_calls=MIN_CALLS,
             failure_rate=RATE,
+            consecutive_failures=STREAK,
             slow_call_duration=SLOW,
             slow_call_rate=SLOW_RATE,
             half_open_permits=PERMITS,
