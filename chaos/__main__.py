@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         nargs=3,
         metavar=("BEFORE", "DURING", "AFTER"),
-        help="phase durations in seconds (default 2 5 5; --quick 1 3.5 2)",
+        help="phase durations in seconds (default 2 5 5; --quick 1 3.2 3)",
     )
     p.add_argument("--verbose", action="store_true", help="resilient_db logs on stderr")
     return p

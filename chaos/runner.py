@@ -85,7 +85,7 @@ class Settings:
     @classmethod
     def quick(cls, **overrides: Any) -> Settings:
         """Short phases for CI (about 7 s per scenario; ``during`` still outlasts the deadline)."""
-        return cls(**{"before": 1.0, "during": 3.5, "after": 2.0, **overrides})
+        return cls(**{"before": 1.0, "during": 3.2, "after": 3.0, **overrides})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
