@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resilient_db._engine import EngineSettings, create_async_engine, engine_settings
 from resilient_db._errors import ResilientDBError
+from resilient_db._pool_policy import pre_ping_enabled
 from resilient_db._urls import safe_url
 
 __all__ = ["DoctorReport", "Finding", "Severity", "doctor"]
@@ -159,7 +160,7 @@ def _pool_numbers(engine: AsyncEngine, settings: EngineSettings | None) -> tuple
     pool: Any = engine.sync_engine.pool
     size = int(pool.size()) if hasattr(pool, "size") else 1
     overflow = int(getattr(pool, "_max_overflow", 0))
-    return size, max(overflow, 0), bool(getattr(pool, "_pre_ping", False))
+    return size, max(overflow, 0), pre_ping_enabled(engine)
 
 
 def _static_findings(engine: AsyncEngine, settings: EngineSettings | None) -> list[Finding]:

@@ -9,6 +9,13 @@
 * ``before_cursor_execute``: marks the connection as having written in its current
   transaction (any statement that does not start with ``SELECT``/``SHOW``), so only writing
   transactions pay the round trip that captures their xid before COMMIT.
+* Pre-ping: SQLAlchemy's ``pool_pre_ping`` recycles the *whole* pool whenever one ping
+  fails, so one backend killed while idle (``pg_terminate_backend``, an idle timeout) makes
+  every other healthy connection reconnect. When the engine has ``pool_pre_ping`` on, the
+  policy takes the ping over (same ping, in a ``checkout`` listener) and decides: a ping
+  that fails *fast* (the peer closed or reset the socket, the server ended the session)
+  invalidates that one connection; a ping that *times out* (a black-holed network: the other
+  connections would hang the same way) recycles the whole pool.
 """
 
 from __future__ import annotations
@@ -17,19 +24,32 @@ import logging
 import weakref
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["WROTE_KEY", "install_pool_policy", "server_in_hot_standby"]
+__all__ = [
+    "WROTE_KEY",
+    "install_pool_policy",
+    "pre_ping_enabled",
+    "server_in_hot_standby",
+]
 
 logger = logging.getLogger("resilient_db")
 
 #: ``Connection.info`` key set to True once the current transaction ran a writing statement.
 WROTE_KEY = "resilient_db.wrote"
+_FRESH_KEY = "resilient_db.fresh"
 _READS = ("SELECT", "SHOW", "select", "show")
 
 _installed: weakref.WeakSet[Any] = weakref.WeakSet()
+_pinging: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def pre_ping_enabled(engine: AsyncEngine) -> bool:
+    """Whether checkouts of ``engine`` are pinged (by SQLAlchemy or by this policy)."""
+    sync = engine.sync_engine
+    return sync in _pinging or bool(getattr(sync.pool, "_pre_ping", False))
 
 
 def server_in_hot_standby(driver_connection: Any) -> bool | None:
@@ -101,6 +121,17 @@ def _track_writes(
         conn.info[WROTE_KEY] = True
 
 
+def _timed_out(err: BaseException) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, TimeoutError):
+            return True
+        e = getattr(e, "orig", None) or e.__cause__ or e.__context__
+    return False
+
+
 def install_pool_policy(engine: AsyncEngine) -> None:
     """Install the listeners on ``engine`` (idempotent)."""
     sync = engine.sync_engine
@@ -108,4 +139,33 @@ def install_pool_policy(engine: AsyncEngine) -> None:
         return
     event.listen(sync, "handle_error", _on_error)
     event.listen(sync, "before_cursor_execute", _track_writes)
+    pool: Any = sync.pool
+    if getattr(pool, "_pre_ping", False):
+        dialect = sync.dialect
+
+        def on_connect(dbapi_connection: Any, record: Any) -> None:
+            record.info[_FRESH_KEY] = True
+
+        def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            if record.info.pop(_FRESH_KEY, False):
+                return  # just connected: nothing to ping (as SQLAlchemy's own pre-ping)
+            try:
+                dialect.do_ping(dbapi_connection)
+            except Exception as err:
+                whole_pool = _timed_out(err)
+                logger.info(
+                    "pool.ping_failed",
+                    extra={
+                        "scope": "pool" if whole_pool else "connection",
+                        "error_type": type(err).__qualname__,
+                    },
+                )
+                failure = exc.DisconnectionError("pre-ping failed: " + type(err).__qualname__)
+                failure.invalidate_pool = whole_pool
+                raise failure from err
+
+        event.listen(sync, "connect", on_connect)
+        event.listen(sync, "checkout", on_checkout)
+        pool._pre_ping = False  # the listener above pings instead (recreate() keeps it off)
+        _pinging.add(sync)
     _installed.add(sync)
