@@ -358,6 +358,11 @@ class _Attempt:
         if outcome is CommitOutcome.COMMITTED:
             return True
         if outcome is CommitOutcome.ABORTED:
+            exc.add_note(
+                f"resilient_db: the connection was lost during COMMIT; the server rolled the "
+                f"transaction back (pg_xact_status({ident.xid}) = aborted), so it is safe to "
+                "run again"
+            )
             if not own_timeout:
                 call.decisions[id(exc)] = RetryDecision(category=cls.category)
             return False

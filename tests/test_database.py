@@ -43,9 +43,10 @@ def table(admin_conn: psycopg.Connection[tuple[object, ...]], pg_dsn: str) -> It
         conn.execute(f"DROP TABLE IF EXISTS {name}, {name}_ops")
 
 
-@pytest.fixture
-async def engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_async_engine(pg_url, pool_size=4, max_overflow=2, command_timeout=5)
+@pytest.fixture(params=["asyncpg", "psycopg"])
+async def engine(request: pytest.FixtureRequest, pg_dsn: str) -> AsyncIterator[AsyncEngine]:
+    url = pg_dsn.replace("postgresql://", f"postgresql+{request.param}://", 1)
+    eng = create_async_engine(url, pool_size=4, max_overflow=2, command_timeout=5)
     yield eng
     await eng.dispose()
 
@@ -201,12 +202,15 @@ async def test_transfers_survive_repeated_backend_termination(
     assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
 @pytest.mark.parametrize("when", ["before", "after"])
-async def test_connection_lost_during_commit(when: str, table: str, pg_dsn: str) -> None:
+async def test_connection_lost_during_commit(
+    when: str, driver: str, table: str, pg_dsn: str
+) -> None:
     url = make_url(pg_dsn)
     events: list[UnitEvent] = []
     async with relay_to(url.host or "127.0.0.1", url.port or 5432) as relay:
-        proxied = url.set(drivername="postgresql+asyncpg", host="127.0.0.1", port=relay.port)
+        proxied = url.set(drivername=f"postgresql+{driver}", host="127.0.0.1", port=relay.port)
         eng = create_async_engine(proxied, command_timeout=5)
         try:
             db = Database(eng, retry=FAST, breaker=_breaker(), listeners=[events.append])
