@@ -29,6 +29,7 @@ from resilient_db._classify import (
 )
 
 # [database]
+from resilient_db._commit import CommitOutcome
 from resilient_db._database import (
     AttemptBlock,
     Attempts,
@@ -80,6 +81,7 @@ __all__ = [
     "CircuitOpenError",
     "Classification",
     "Classifier",
+    "CommitOutcome",
     "CommitOutcomeUnknown",
     "ConfigurationError",
     "Database",

@@ -18,7 +18,13 @@ import anyio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-__all__ = ["CommitOutcome", "TxnIdentity", "capture_identity", "resolve_commit"]
+__all__ = [
+    "CommitOutcome",
+    "TxnIdentity",
+    "capture_identity",
+    "resolve_commit",
+    "transaction_status",
+]
 
 logger = logging.getLogger("resilient_db")
 
@@ -125,3 +131,20 @@ async def resolve_commit(
                     terminated = True
             await anyio.sleep(poll)  # poll with a deadline (the enclosing scope)
     return outcome
+
+
+async def transaction_status(engine: AsyncEngine, xid: int, *, timeout: float) -> CommitOutcome:
+    """``pg_xact_status(xid)`` as a :class:`CommitOutcome` (``UNKNOWN`` on any doubt)."""
+    status: str | None = None
+    with anyio.move_on_after(timeout):
+        try:
+            status = await _status(engine, TxnIdentity(xid=xid, backend_pid=0))
+        except Exception as exc:
+            logger.info(
+                "commit.status_failed", extra={"xid": xid, "error_type": type(exc).__qualname__}
+            )
+    if status == "committed":
+        return CommitOutcome.COMMITTED
+    if status == "aborted":
+        return CommitOutcome.ABORTED
+    return CommitOutcome.UNKNOWN

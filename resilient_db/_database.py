@@ -36,7 +36,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from resilient_db._breaker import BreakerPermit, CircuitBreaker
 from resilient_db._budget import RetryBudget
 from resilient_db._classify import Classification, Classifier, ErrorKind, Phase, default_classifier
-from resilient_db._commit import CommitOutcome, TxnIdentity, capture_identity, resolve_commit
+from resilient_db._commit import (
+    CommitOutcome,
+    TxnIdentity,
+    capture_identity,
+    resolve_commit,
+    transaction_status,
+)
 from resilient_db._errors import CircuitOpenError, CommitOutcomeUnknown, ResilientDBError
 from resilient_db._pool_policy import WROTE_KEY, install_pool_policy, server_in_hot_standby
 from resilient_db._retry import RetryDecision, RetryLoop, RetryPolicy, retry_call
@@ -465,6 +471,16 @@ class Database:
         if budget is None:
             budget = _budgets[self._key] = RetryBudget()
         return budget
+
+    async def commit_status(self, xid: int, *, timeout: float = 5.0) -> CommitOutcome:
+        """What became of transaction ``xid`` (from :class:`CommitOutcomeUnknown` or a
+        ``commit.unknown`` event): ``committed``, ``aborted`` or ``unknown``.
+
+        Asks ``pg_xact_status`` on a fresh connection; never terminates anything.
+        """
+        if isinstance(xid, bool) or not isinstance(xid, int) or xid < 0:
+            raise ValueError(f"xid must be a non-negative int (a transaction id), got {xid!r}")
+        return await transaction_status(self.engine, xid, timeout=timeout)
 
     async def health_check(self) -> None:
         """A cheap probe: a connection from the pool (a new one during an outage), SELECT 1."""

@@ -532,3 +532,26 @@ async def test_attempts_inside_a_unit_join_it(engine: AsyncEngine, table: str) -
         return same and blocks == 1
 
     assert await db.run(outer) is True
+
+
+async def test_commit_status_of_known_transactions(engine: AsyncEngine, table: str) -> None:
+    db = Database(engine, retry=FAST, breaker=_breaker())
+
+    async def write(session: AsyncSession) -> int:
+        await session.execute(text(f"UPDATE {table} SET balance = balance WHERE id = 1"))
+        xid = (await session.execute(text("SELECT pg_current_xact_id()::text"))).scalar_one()
+        return int(xid)
+
+    committed = await db.run(write)
+    assert await db.commit_status(committed) == "committed"
+
+    async def rolled_back(session: AsyncSession) -> int:
+        xid = int((await session.execute(text("SELECT pg_current_xact_id()::text"))).scalar_one())
+        raise LookupError(xid)
+
+    with pytest.raises(LookupError) as info:
+        await db.run(rolled_back)
+    assert await db.commit_status(info.value.args[0]) == "aborted"
+    assert await db.commit_status(10**15) == "unknown"  # far in the future: an error
+    with pytest.raises(ValueError, match="non-negative int"):
+        await db.commit_status(-1)
