@@ -111,3 +111,37 @@ async def test_wrong_password(driver: str, pair: ClusterPair, password_user: str
     check(c, ErrorKind.FATAL, "config", breaker=True, invalidate=False)
     if driver != "sa_psycopg":
         assert c.sqlstate == "28P01"
+
+
+@pytest.mark.parametrize("fault", ["crash", "immediate"])
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_crash_or_immediate_shutdown_mid_query(
+    driver: str, fault: str, pair: ClusterPair
+) -> None:
+    """A crash (SIGKILL) or an immediate shutdown: the client sees no SQLSTATE at all."""
+    primary = pair.primary
+    conn = await connect(driver, primary.dsn)
+    try:
+        mon = await asyncpg.connect(primary.dsn, ssl=False, timeout=10)
+        try:
+            query = asyncio.ensure_future(conn.execute("SELECT pg_sleep(60)"))
+            await wait_active(mon, conn.pid)
+        finally:
+            await mon.close()
+        if fault == "crash":
+            await asyncio.to_thread(primary.crash)
+        else:
+            await asyncio.to_thread(primary.stop, "immediate")
+        try:
+            exc = await raised(query)
+        finally:
+            await asyncio.to_thread(primary.start)
+            await asyncio.to_thread(primary.wait_for_replay, pair.standby)
+    finally:
+        await conn.close()
+    c = classify(exc, phase="statement")
+    assert c.kind is ErrorKind.RETRYABLE, c
+    assert c.category == "connection_lost", c
+    assert c.counts_toward_breaker
+    assert c.sqlstate in (None, "57P01", "57P02"), c  # immediate may still say 57P01/57P02
+    assert classify(exc, phase="commit").kind is ErrorKind.COMMIT_UNKNOWN
