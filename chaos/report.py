@@ -83,6 +83,9 @@ def format_scenario(result: ScenarioResult) -> str:
             f"  breaker stats: failures {b['failures_total']}, rejected {b['rejected_total']}, "
             f"probes {b['probes']} ({b['probe_failures']} failed), state {b['state']}"
         )
+    if result.unit_events:
+        events = ", ".join(f"{k} {v}" for k, v in result.unit_events.items())
+        lines.append(f"  unit events: {events}")
     for u in result.unknown_ops[:5]:
         lines.append(
             f"  unknown op {u['op']}: xid {u['xid']} → {u['xact_status']}, rows {u['rows']}"

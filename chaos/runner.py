@@ -29,7 +29,14 @@ from chaos.invariants import Check, Evidence, LeakState, LedgerSnapshot, check_i
 from chaos.metrics import BreakerTransition, Phase, PhaseMetrics, Recovery, phase_metrics, recovery
 from chaos.scenarios import SCENARIOS, FaultContext, Observed, Scenario
 from chaos.workload import INITIAL_BALANCE, Admin, Ledger, Workload
-from resilient_db import BreakerEvent, CircuitBreaker, Database, RetryPolicy, create_async_engine
+from resilient_db import (
+    BreakerEvent,
+    CircuitBreaker,
+    Database,
+    RetryPolicy,
+    UnitEvent,
+    create_async_engine,
+)
 from resilient_db.toxiproxy import AsyncToxiproxyClient, ThreadedToxiproxyServer, ToxiproxyServer
 
 __all__ = [
@@ -104,6 +111,7 @@ class ScenarioResult:
     breaker: dict[str, Any] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     unknown_ops: list[dict[str, Any]] = field(default_factory=list)
+    unit_events: dict[str, int] = field(default_factory=dict)
     log_events: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -373,6 +381,12 @@ async def _drive(
     def on_connect(*args: Any) -> None:
         connects.append(now())
 
+    unit_events: Counter[str] = Counter()
+
+    def on_unit(ev: UnitEvent) -> None:
+        detail = ev.outcome if ev.event.startswith("commit.") else ev.category
+        unit_events[f"{ev.event}({detail})"] += 1
+
     def on_breaker(ev: BreakerEvent) -> None:
         transitions.append(
             BreakerTransition(
@@ -406,6 +420,7 @@ async def _drive(
             breaker=breaker,
             deadline=s.deadline,
             name="transfer",
+            listeners=[on_unit],
         )
         holder.append(db)
         workload = Workload(
@@ -507,7 +522,15 @@ async def _drive(
     rec = recovery(records, fault_end)
     if scenario.expect is not None:
         checks.extend(
-            scenario.expect(Observed(phases=per_phase, recovery=rec, transitions=transitions))
+            scenario.expect(
+                Observed(
+                    phases=per_phase,
+                    recovery=rec,
+                    transitions=transitions,
+                    records=records,
+                    fault_start=fault_start,
+                )
+            )
         )
     return ScenarioResult(
         name=scenario.name,
@@ -528,6 +551,7 @@ async def _drive(
         },
         checks=checks,
         unknown_ops=unknown_ops,
+        unit_events=dict(unit_events.most_common()),
         notes=ctx.notes,
     )
 

@@ -279,3 +279,38 @@ async def test_restart_and_failover_scenarios(pg_url: str) -> None:
     assert [r.status for r in suite.results] == ["PASS", "PASS"], text
     for r in suite.results:
         assert any(t.state == "open" for t in r.transitions), text
+
+
+async def test_external_toxiproxy_mode_uses_the_pre_created_proxy(pg_url: str) -> None:
+    """The ``TOXIPROXY_URL`` path: a server that already has a ``postgres`` proxy (as the
+    docker-compose file sets up), driven through its API only; the proxy is left clean."""
+    from sqlalchemy.engine import make_url
+
+    from resilient_db.toxiproxy import ToxiproxyClient, ToxiproxyServer
+
+    db = make_url(pg_url)
+    config = [
+        {
+            "name": "postgres",
+            "listen": "127.0.0.1:0",
+            "upstream": f"{db.host}:{db.port or 5432}",
+            "enabled": True,
+        }
+    ]
+    with ToxiproxyServer.in_thread(config=config) as server:
+        client = ToxiproxyClient(server.url)
+        client.add_toxic("postgres", type="latency", name="left_over", attributes={"latency": 1})
+        settings = Settings(url=pg_url, toxiproxy_url=server.url, **QUICK)  # type: ignore[arg-type]
+        with anyio.fail_after(30):
+            suite = await run_suite(settings, by_name(["down"]))
+        assert suite.environment["toxiproxy"] == "external"
+        assert suite.environment["proxy"] == "postgres"
+        (result,) = suite.results
+        assert result.status == "PASS", format_scenario(result)
+        assert result.phases[1].fail_fast > 0
+        proxy = client.get_proxy("postgres")
+        assert proxy.enabled
+        assert proxy.toxics == ()
+        cluster = await run_suite(settings, by_name(["restart"]))
+        assert cluster.results[0].status == "SKIP"
+        assert "external Toxiproxy" in (cluster.results[0].reason or "")
