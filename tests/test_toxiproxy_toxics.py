@@ -259,6 +259,24 @@ async def test_reset_peer_gives_econnreset(
         assert time.perf_counter() - start >= 0.04
 
 
+async def test_reset_peer_removed_during_its_wait_still_resets(
+    tp: tuple[ToxiproxyServer, AsyncToxiproxyClient], echo: Upstream
+) -> None:
+    """As the reference: the first chunk is swallowed and the reset is committed; removing
+    the toxic during the wait must not leave the connection hanging with a lost chunk."""
+    _, client = tp
+    proxy = await _proxy(client, echo.address)
+    await client.add_toxic("p", type="reset_peer", name="rp", attributes={"timeout": 200})
+    async with connect(proxy.listen_port) as (reader, writer):
+        writer.write(b"x")
+        await writer.drain()
+        await asyncio.sleep(0.1)  # bounded: let the proxy read the chunk first
+        await client.remove_toxic("p", "rp")
+        with pytest.raises(ConnectionResetError):
+            async with asyncio.timeout(2):
+                await reader.read(10)
+
+
 async def test_reset_peer_idle_connection_is_not_reset(
     tp: tuple[ToxiproxyServer, AsyncToxiproxyClient], echo: Upstream
 ) -> None:

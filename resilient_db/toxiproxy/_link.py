@@ -68,7 +68,12 @@ class _ToxicState:
                 ms / 1000, self.pipe.link.close, "graceful"
             )
 
-    def stop(self) -> None:
+    def stop(self, *, removed: bool = False) -> None:
+        if removed and self.toxic.type == "reset_peer" and self.fired:
+            # As the reference: once reset_peer has swallowed its first chunk, the reset is
+            # committed (its wait is not interruptible); removing the toxic does not leave a
+            # connection with a lost chunk hanging.
+            return
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -136,7 +141,7 @@ class _Pipe:
         self.changed.set()
         if state is None:
             return False
-        state.stop()
+        state.stop(removed=True)
         return toxic.type == "timeout"
 
     def stop(self) -> None:
