@@ -253,14 +253,34 @@ class _Attempt:
         except BaseException as exc:
             await self.fail(exc)  # returns only when the COMMIT was resolved as applied
         else:
-            # After a COMMIT the connection goes back to the pool without I/O: no need for
-            # the shielded, bounded close of the failure path.
-            self.session = None
-            await session.close()
             if self.permit is not None:
                 self.permit.success(time.perf_counter() - self.started)
+            # After a COMMIT the connection goes back to the pool without I/O: no need for
+            # the shielded, bounded close of the failure path. But the unit has succeeded:
+            # nothing that happens while closing may turn it into a failure.
+            self.session = None
+            try:
+                await session.close()
+            except BaseException as exc:
+                await self._discard(session, exc)
         finally:
             self._leave()
+
+    async def _discard(self, session: AsyncSession, exc: BaseException) -> None:
+        """The close after a successful COMMIT failed: drop the connection, keep the result.
+
+        Re-raises only a cancellation that is not our own deadline's (the caller asked to
+        stop; the COMMIT is done, which the caller cannot learn from a cancellation).
+        """
+        logger.info("unit.close_failed", extra={"error_type": type(exc).__qualname__})
+        with anyio.CancelScope(shield=True):
+            try:
+                await session.invalidate()
+            except Exception:
+                logger.debug("unit.invalidate_failed")
+        scope = self.call.scope
+        if not isinstance(exc, Exception) and not (scope is not None and scope.cancel_called):
+            raise exc
 
     def _wrote(self) -> bool:
         conn = self.conn
@@ -305,9 +325,13 @@ class _Attempt:
                 db._emit("commit.unknown", call, cls, xid=self._xid(), outcome="cancelled")
             return self._reraise(exc)
         if permit is not None:
-            if cls.counts_toward_breaker and (
-                self.phase is Phase.CHECKOUT or cls.category != "connection_lost"
+            if (own_timeout and not isinstance(exc, Exception)) or (
+                cls.counts_toward_breaker
+                and (self.phase is Phase.CHECKOUT or cls.category != "connection_lost")
             ):
+                # Our own deadline expiring mid-attempt counts: a database that does not
+                # answer in time (a black-holed network) is as unavailable as one that
+                # refuses, and only failures can open the breaker.
                 permit.failure()
             else:
                 # A connection lost after checkout says little about the database (one
@@ -349,17 +373,23 @@ class _Attempt:
                 xid=None,
                 attempts=call.attempts,
             ) from exc
-        # Resolve within what is left of the unit's deadline; when the deadline is already
-        # spent (it fired during COMMIT), allow resolve_timeout as the cancellation grace.
-        timeout = db.resolve_timeout
-        if call.options.deadline is not None and not own_timeout:
-            timeout = max(call.started + call.options.deadline - time.monotonic(), timeout)
-        elif call.options.deadline is None:
-            timeout = max(timeout, 30.0)
-        # Shielded only when our own deadline cancelled the COMMIT (the scope is cancelled
-        # then); a caller's cancellation still interrupts the resolution at once.
-        with anyio.CancelScope(shield=own_timeout):
-            outcome = await resolve_commit(db.engine, ident, timeout=timeout)
+        # Resolve within what is left of the unit's deadline. When little or nothing is left
+        # (the deadline fired during COMMIT), resolve shielded for resolve_timeout: the
+        # cancellation allowance. Either way it is bounded, and a deadline never turns a
+        # COMMIT in doubt into a plain failure.
+        remaining = math.inf
+        if call.options.deadline is not None:
+            remaining = call.started + call.options.deadline - time.monotonic()
+        shield = own_timeout or remaining < db.resolve_timeout
+        timeout = db.resolve_timeout if shield else min(remaining - 0.005, 30.0)
+        try:
+            with anyio.CancelScope(shield=shield):
+                outcome = await resolve_commit(db.engine, ident, timeout=timeout)
+        except BaseException:
+            if call.scope is not None and call.scope.cancel_called:
+                outcome = CommitOutcome.UNKNOWN  # our deadline cut the resolution short
+            else:
+                raise  # the caller cancelled: propagate at once
         db._emit("commit.resolved", call, cls, xid=ident.xid, outcome=outcome.value)
         if outcome is CommitOutcome.COMMITTED:
             return True

@@ -23,6 +23,8 @@ class Relay:
         #: server never commits), "after" forwards it and drops the server's answer (the
         #: server committed, the client never hears). Reset to None after one cut.
         self.cut_commit: CutMode | None = None
+        #: After the cut, black-hole everything (new connections included).
+        self.black_hole_after_cut = False
         self.cuts = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -49,6 +51,8 @@ class Relay:
                         break  # never forwarded: close both sides
                     state["drop_next_reply"] = True
                 if not client_side and state.get("drop_next_reply"):
+                    if self.black_hole_after_cut:
+                        self.black_hole.set()
                     break  # the server answered the COMMIT: drop it and cut the client
                 writer.write(data)
                 await writer.drain()

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from resilient_db import (
     INJECTED,
     CircuitBreaker,
+    CommitOutcomeUnknown,
     Database,
     DeadlineExceeded,
     RetryPolicy,
@@ -555,3 +556,39 @@ async def test_commit_status_of_known_transactions(engine: AsyncEngine, table: s
     assert await db.commit_status(10**15) == "unknown"  # far in the future: an error
     with pytest.raises(ValueError, match="non-negative int"):
         await db.commit_status(-1)
+
+
+@pytest.mark.parametrize("deadline", [1.0, 4.0])
+async def test_lost_commit_unresolvable_within_deadline_is_unknown_not_failed(
+    deadline: float, table: str, pg_dsn: str
+) -> None:
+    """The server committed, then the network went silent: the unit must not be reported
+    as failed (DeadlineExceeded) but as in doubt (CommitOutcomeUnknown with its xid)."""
+    url = make_url(pg_dsn)
+    async with relay_to(url.host or "127.0.0.1", url.port or 5432) as relay:
+        proxied = url.set(drivername="postgresql+asyncpg", host="127.0.0.1", port=relay.port)
+        eng = create_async_engine(proxied, command_timeout=30, connect_timeout=30)
+        try:
+            db = Database(eng, retry=FAST, breaker=None, deadline=deadline, resolve_timeout=1.0)
+
+            async def insert(session: AsyncSession) -> None:
+                await session.execute(text(f"INSERT INTO {table}_ops VALUES ('u1', 1)"))
+                relay.cut_commit = "after"
+                relay.black_hole_after_cut = True
+
+            started = time.monotonic()
+            with anyio.fail_after(20), pytest.raises(CommitOutcomeUnknown) as info:
+                await db.run(insert)
+            elapsed = time.monotonic() - started
+            assert elapsed < deadline + 1.0 + 0.5, elapsed  # + the resolution allowance
+            assert info.value.xid is not None
+        finally:
+            relay.black_hole.clear()
+            await eng.dispose()
+    applied = _sync_scalar(pg_dsn, f"SELECT count(*) FROM {table}_ops WHERE op = 'u1'")
+    assert applied == 1
+    checker = create_async_engine(pg_dsn.replace("postgresql://", "postgresql+asyncpg://", 1))
+    try:
+        assert await Database(checker).commit_status(info.value.xid) == "committed"
+    finally:
+        await checker.dispose()
