@@ -59,8 +59,13 @@ async def happy_path(engine: AsyncEngine, n: int, rounds: int) -> None:
         "reraise": True,
     }
 
+    no_deadline = db.with_options(deadline=None)
+
     async def ours() -> int:
         return await db.run(select_1)
+
+    async def ours_no_deadline() -> int:
+        return await no_deadline.run(select_1)
 
     async def bare() -> int:
         return await bare_unit(engine)
@@ -74,6 +79,7 @@ async def happy_path(engine: AsyncEngine, n: int, rounds: int) -> None:
     paths = {
         "bare AsyncSession + begin()": bare,
         "db.run": ours,
+        "db.run, deadline=None": ours_no_deadline,
         "tenacity AsyncRetrying": with_tenacity,
     }
     for fn in paths.values():
