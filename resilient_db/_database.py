@@ -581,17 +581,9 @@ class Database:
         """A view of this database with other per-unit defaults (shares breaker, budget)."""
         view = object.__new__(Database)
         view.__dict__.update(self.__dict__)
-        changes: dict[str, Any] = {
-            k: v
-            for k, v in (
-                ("deadline", deadline),
-                ("idempotent", idempotent),
-                ("read_only", read_only),
-                ("name", name),
-            )
-            if v is not _DEFAULT
-        }
-        view.options = replace(self.options, **changes)
+        view.options = self._call_options(
+            deadline=deadline, idempotent=idempotent, read_only=read_only, name=name
+        )
         if retry is not _DEFAULT and retry is not None:
             view.retry = retry
         return view
@@ -734,35 +726,31 @@ class Database:
         return Attempts(self, options)
 
 
-class Transaction:
-    """The async context manager returned by :meth:`Database.transaction`."""
+class _ScopedAttempt:
+    """One attempt under the unit's deadline scope, opened and closed by hand: the shared
+    core of :class:`Transaction` and :class:`AttemptBlock` (context managers whose body is
+    the caller's block, so the scope is entered in ``__aenter__`` and left in
+    ``__aexit__``)."""
 
-    __slots__ = ("_attempt", "_call", "_db", "_joined", "_options", "_scope")
+    __slots__ = ("attempt", "call", "db", "scope")
 
-    def __init__(self, db: Database, options: UnitOptions) -> None:
-        self._db = db
-        self._options = options
-        self._attempt: _Attempt | None = None
-        self._joined: _Active | None = None
-        self._scope: anyio.CancelScope | None = None
-        self._call: _Call | None = None
+    def __init__(self, db: Database, call: _Call) -> None:
+        self.db = db
+        self.call = call
+        self.attempt: _Attempt | None = None
+        self.scope: anyio.CancelScope | None = None
 
-    async def __aenter__(self) -> AsyncSession:
-        db, options = self._db, self._options
-        joined = _joinable(db._key)
-        if joined is not None:
-            self._joined = joined
-            return joined.session
-        call = self._call = _Call(options=options, started=time.monotonic())
-        policy = options.retry or db.retry
+    async def open(self, policy: RetryPolicy) -> AsyncSession:
+        """Enter the deadline scope; get a healthy connection and BEGIN (retried)."""
+        db, call = self.db, self.call
         deadline_at = None
-        if options.deadline is not None:
-            scope = self._scope = anyio.CancelScope(
-                deadline=anyio.current_time() + options.deadline
-            )
+        deadline = call.options.deadline
+        if deadline is not None:
+            left = deadline - (time.monotonic() - call.started)
+            scope = self.scope = anyio.CancelScope(deadline=anyio.current_time() + left)
             scope.__enter__()
             call.scope = scope
-            deadline_at = policy.clock() + options.deadline
+            deadline_at = policy.clock() + left
 
         async def begin() -> _Attempt:
             a = _Attempt(db, call)
@@ -770,34 +758,23 @@ class Transaction:
             return a
 
         try:
-            self._attempt = await db._retry(begin, call, policy, deadline_at)
+            # Getting a healthy connection and BEGIN is retried here; never the block.
+            self.attempt = await db._retry(begin, call, policy, deadline_at)
         except BaseException as exc:
-            self._exit_scope(exc)
+            self.exit_scope(exc)
             raise
-        assert self._attempt.session is not None
-        return self._attempt.session
+        assert self.attempt.session is not None
+        return self.attempt.session
 
-    def _exit_scope(self, exc: BaseException | None) -> None:
-        scope, self._scope = self._scope, None
-        if scope is None:
-            return
-        caught = scope.__exit__(
-            type(exc) if exc is not None else None, exc, exc.__traceback__ if exc else None
-        )
-        if caught or (scope.cancelled_caught and exc is None):
-            assert self._call is not None
-            raise self._db._deadline_error(self._call) from None
+    async def close(self, exc: BaseException | None) -> BaseException | None:
+        """Commit (``exc`` is None) or fail the attempt; leave the scope.
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._joined is not None:
-            return
-        a = self._attempt
+        Returns the error the block ends with (``exc`` itself, a new one, or None), or
+        raises :class:`DeadlineExceeded` when the deadline ended it.
+        """
+        a = self.attempt
         assert a is not None
+        error: BaseException | None = exc
         try:
             if exc is None:
                 await a.commit()
@@ -807,11 +784,54 @@ class Transaction:
                 finally:
                     a._leave()
         except BaseException as err:
-            self._exit_scope(err)
-            if err is exc:
-                return  # let the original propagate unchanged
-            raise
-        self._exit_scope(None)
+            error = err
+        self.exit_scope(error)
+        return error
+
+    def exit_scope(self, exc: BaseException | None) -> None:
+        scope, self.scope = self.scope, None
+        if scope is None:
+            return
+        caught = scope.__exit__(
+            type(exc) if exc is not None else None, exc, exc.__traceback__ if exc else None
+        )
+        if caught or (scope.cancelled_caught and exc is None):
+            raise self.db._deadline_error(self.call) from None
+
+
+class Transaction:
+    """The async context manager returned by :meth:`Database.transaction`."""
+
+    __slots__ = ("_db", "_joined", "_options", "_scoped")
+
+    def __init__(self, db: Database, options: UnitOptions) -> None:
+        self._db = db
+        self._options = options
+        self._joined: _Active | None = None
+        self._scoped: _ScopedAttempt | None = None
+
+    async def __aenter__(self) -> AsyncSession:
+        db, options = self._db, self._options
+        joined = _joinable(db._key)
+        if joined is not None:
+            self._joined = joined
+            return joined.session
+        scoped = self._scoped = _ScopedAttempt(db, _Call(options=options, started=time.monotonic()))
+        return await scoped.open(options.retry or db.retry)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._joined is not None:
+            return
+        assert self._scoped is not None
+        error = await self._scoped.close(exc)
+        if error is not None and error is not exc:
+            raise error
+        # None: committed; ``exc``: the original propagates unchanged
 
 
 class Attempts:
@@ -883,51 +903,21 @@ class Attempts:
 class AttemptBlock:
     """One attempt of :meth:`Database.attempts`: ``async with attempt as session``."""
 
-    __slots__ = ("_attempt", "_attempts", "_scope")
+    __slots__ = ("_attempts", "_scoped")
 
     def __init__(self, attempts: Attempts) -> None:
         self._attempts = attempts
-        self._attempt: _Attempt | None = None
-        self._scope: anyio.CancelScope | None = None
+        self._scoped = _ScopedAttempt(attempts._db, attempts._call)
 
     async def __aenter__(self) -> AsyncSession:
         outer = self._attempts
         if outer._joined is not None:
             return outer._joined.session
-        call, db = outer._call, outer._db
-        deadline = outer._options.deadline
-        if deadline is not None:
-            scope = self._scope = anyio.CancelScope(
-                deadline=anyio.current_time() + deadline - (time.monotonic() - call.started)
-            )
-            scope.__enter__()
-            call.scope = scope
-
-        async def begin() -> _Attempt:
-            a = _Attempt(db, call)
-            await a.begin()
-            return a
-
         try:
-            # Getting a healthy connection and BEGIN is retried here; never the block.
-            self._attempt = await db._retry(begin, call, outer._policy, outer._deadline_at())
-        except BaseException as exc:
-            self._exit_scope(exc)
+            return await self._scoped.open(outer._policy)
+        except BaseException:
             outer._done = True
             raise
-        assert self._attempt.session is not None
-        return self._attempt.session
-
-    def _exit_scope(self, exc: BaseException | None) -> None:
-        scope, self._scope = self._scope, None
-        if scope is None:
-            return
-        caught = scope.__exit__(
-            type(exc) if exc is not None else None, exc, exc.__traceback__ if exc else None
-        )
-        if caught or (scope.cancelled_caught and exc is None):
-            self._attempts._done = True
-            raise self._attempts._db._deadline_error(self._attempts._call) from None
 
     async def __aexit__(
         self,
@@ -939,29 +929,13 @@ class AttemptBlock:
         if outer._joined is not None:
             outer._done = True
             return False
-        a = self._attempt
-        assert a is not None
-        error: BaseException | None = exc
         try:
-            if exc is None:
-                await a.commit()
-            else:
-                try:
-                    await a.fail(exc)
-                finally:
-                    a._leave()
-        except BaseException as err:
-            error = err
-        try:
-            self._exit_scope(error)
+            error = await self._scoped.close(exc)
         except DeadlineExceeded:
+            outer._done = True
             raise
-        if error is None:
-            outer._settle(None)
-            return False
-        swallow = outer._settle(error)
-        if swallow:
-            return True
-        if error is exc:
-            return False  # the original propagates unchanged
+        if outer._settle(error):
+            return True  # retryable: swallowed, the loop runs another attempt
+        if error is None or error is exc:
+            return False  # committed, or the original propagates unchanged
         raise error
