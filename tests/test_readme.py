@@ -51,7 +51,9 @@ async def test_quickstart_runs(pg_url: str, pg_dsn: str) -> None:
         moved = await namespace["main"]()
         assert moved == 1000 + 100 + 100 + 5 + 1
         with psycopg.connect(pg_dsn) as conn:
-            balances = dict(conn.execute("SELECT id, balance FROM account").fetchall())
+            balances: dict[Any, Any] = dict(
+                conn.execute("SELECT id, balance FROM account").fetchall()
+            )
             audits = conn.execute("SELECT count(*) FROM audit").fetchone()
         assert balances == {1: 1000 - 206, 2: 1000 + 206}
         assert audits == (1,)
