@@ -468,8 +468,33 @@ class Database:
             ("resolve_timeout", resolve_timeout),
             ("cleanup_timeout", cleanup_timeout),
         ):
-            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
                 raise ValueError(f"{option} must be a finite number of seconds > 0, got {value!r}")
+        checks: tuple[tuple[str, object, type, str], ...] = (
+            ("retry", retry, RetryPolicy, "RetryPolicy(attempts=5, ...)"),
+            ("breaker", breaker, CircuitBreaker, "CircuitBreaker('name', ...), or None for none"),
+            ("budget", budget, RetryBudget, "RetryBudget(...), or None for none"),
+            ("classifier", classifier, Classifier, "Classifier().with_rules(...)"),
+        )
+        for option, given, kind, hint in checks:
+            if given is not None and given is not _DEFAULT and not isinstance(given, kind):
+                raise TypeError(
+                    f"Database({option}=...) must be a {kind.__name__} or None, got "
+                    f"{type(given).__name__}; pass e.g. {hint}"
+                )
+        if not all(callable(listener) for listener in listeners):
+            raise TypeError(
+                "Database(listeners=...) must be callables taking a UnitEvent, e.g. "
+                "listeners=[events.append]"
+            )
+        for option, flag in (("idempotent", idempotent), ("read_only", read_only)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"Database({option}=...) must be True or False, got {flag!r}")
         self.engine = engine
         self._key: object = engine.sync_engine
         self.retry = retry if retry is not None else RetryPolicy(deadline=None)

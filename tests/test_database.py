@@ -592,3 +592,35 @@ async def test_lost_commit_unresolvable_within_deadline_is_unknown_not_failed(
         assert await Database(checker).commit_status(info.value.xid) == "committed"
     finally:
         await checker.dispose()
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "needle"),
+    [
+        ({"deadline": -1}, ValueError, "deadline must be a finite number of seconds > 0"),
+        ({"deadline": float("nan")}, ValueError, "deadline must be a finite number"),
+        ({"resolve_timeout": 0}, ValueError, "resolve_timeout must be a finite number"),
+        ({"cleanup_timeout": True}, ValueError, "cleanup_timeout must be a finite number"),
+        ({"retry": 3}, TypeError, "Database(retry=...) must be a RetryPolicy"),
+        ({"breaker": "db"}, TypeError, "Database(breaker=...) must be a CircuitBreaker"),
+        ({"budget": 10}, TypeError, "Database(budget=...) must be a RetryBudget"),
+        ({"classifier": print}, TypeError, "Database(classifier=...) must be a Classifier"),
+        ({"listeners": [1]}, TypeError, "must be callables taking a UnitEvent"),
+        ({"idempotent": "yes"}, TypeError, "Database(idempotent=...) must be True or False"),
+    ],
+)
+async def test_database_rejects_bad_options_with_the_fix(
+    options: dict[str, Any], error: type[Exception], needle: str
+) -> None:
+    engine = create_async_engine("postgresql+asyncpg://u@127.0.0.1/db")
+    try:
+        with pytest.raises(error) as info:
+            Database(engine, **options)
+        assert needle in str(info.value)
+    finally:
+        await engine.dispose()
+
+
+def test_database_needs_an_async_engine() -> None:
+    with pytest.raises(TypeError, match="needs a SQLAlchemy AsyncEngine"):
+        Database("postgresql+asyncpg://u@h/db")  # type: ignore[arg-type]
