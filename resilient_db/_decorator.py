@@ -25,10 +25,11 @@ that passes ``session=`` explicitly runs the function on that session as is.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
-from resilient_db._database import _DEFAULT, Database, _joinable
+from resilient_db._database import _DEFAULT, Database, UnitOptions, _joinable
 from resilient_db._retry import RetryPolicy
 
 __all__ = ["INJECTED", "transactional"]
@@ -102,7 +103,19 @@ def transactional(
 ) -> Any:
     """Make an async function or method one unit of work (see the module docstring)."""
 
+    if deadline is not _DEFAULT:
+        UnitOptions(deadline=deadline)  # validate now, not at the first call
+    if database is not None and not (isinstance(database, Database) or callable(database)):
+        raise TypeError(
+            f"@transactional(database=...) must be a Database or a zero-argument callable "
+            f"returning one, got {type(database).__name__}"
+        )
+
     def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(
+                f"@transactional needs an async function, got {func!r}; declare it with 'async def'"
+            )
         unit_name = name or func.__qualname__
         overrides = {
             "deadline": deadline,

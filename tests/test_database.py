@@ -624,3 +624,16 @@ async def test_database_rejects_bad_options_with_the_fix(
 def test_database_needs_an_async_engine() -> None:
     with pytest.raises(TypeError, match="needs a SQLAlchemy AsyncEngine"):
         Database("postgresql+asyncpg://u@h/db")  # type: ignore[arg-type]
+
+
+def test_transactional_rejects_bad_use_at_decoration_time() -> None:
+    with pytest.raises(ValueError, match="deadline must be a finite number"):
+        transactional(deadline=0)
+    with pytest.raises(TypeError, match="needs an async function"):
+
+        @transactional  # type: ignore[arg-type]
+        def sync_method(x: int, *, session: AsyncSession = INJECTED) -> int:
+            return x
+
+    with pytest.raises(TypeError, match=r"database=\.\.\.\) must be a Database"):
+        transactional(database=42)  # type: ignore[call-overload]
