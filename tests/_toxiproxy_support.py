@@ -138,4 +138,4 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # poll with a deadline

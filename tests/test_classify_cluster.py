@@ -106,7 +106,7 @@ async def test_wrong_password(driver: str, pair: ClusterPair, password_user: str
             exc = await attempt()
             if exc is not None:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # poll (bounded by the timeout above)
     c = classify(exc, phase="connect")
     check(c, ErrorKind.FATAL, "config", breaker=True, invalidate=False)
     if driver != "sa_psycopg":

@@ -248,7 +248,7 @@ async def wait_for(mon: asyncpg.Connection, sql: str, *args: object, timeout: fl
         while True:
             if await mon.fetchval(sql, *args):
                 return
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # poll with a deadline
 
 
 async def wait_active(mon: asyncpg.Connection, pid: int, what: str = "active") -> None:

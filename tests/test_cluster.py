@@ -44,7 +44,7 @@ def _wait_for_query(cluster: PgCluster, query: str, timeout: float = 10.0) -> No
     sql = "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query = %s"
     while not cluster.execute(sql, (query,)):
         assert time.monotonic() < deadline, f"{query!r} not active after {timeout} s"
-        time.sleep(0.01)
+        time.sleep(0.01)  # poll with a deadline
 
 
 @asynccontextmanager
@@ -320,7 +320,7 @@ def test_clusters_of_a_killed_test_process_are_cleaned_up() -> None:
         deadline = time.monotonic() + 15
         while _alive(pid) or root.exists() or template.exists():
             assert time.monotonic() < deadline, "watchdog did not clean up within 15 s"
-            time.sleep(0.02)
+            time.sleep(0.02)  # poll with a deadline
     finally:
         if owner.poll() is None:
             owner.kill()

@@ -104,7 +104,7 @@ async def test_latency_is_not_cumulative_and_removal_flushes(
         for i in range(5):
             writer.write(bytes([i]))
             await writer.drain()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # pacing the drip, not waiting (bounded)
         await reader.read()
 
     _, client = tp
