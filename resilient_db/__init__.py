@@ -6,6 +6,8 @@ private and may change without notice.
 
 from __future__ import annotations
 
+from resilient_db._blocks import AttemptBlock, Attempts, Transaction
+
 # [engine]
 # [classifier]
 # [policies]
@@ -30,17 +32,7 @@ from resilient_db._classify import (
 
 # [database]
 from resilient_db._commit import CommitOutcome
-from resilient_db._database import (
-    AttemptBlock,
-    Attempts,
-    Database,
-    DeadlineExceeded,
-    Transaction,
-    UnitEvent,
-    UnitListener,
-    UnitOptions,
-    engine_health_check,
-)
+from resilient_db._database import Database, engine_health_check
 from resilient_db._decorator import INJECTED, transactional
 from resilient_db._doctor import DoctorReport, Finding, Severity, doctor
 from resilient_db._engine import EngineSettings, create_async_engine, engine_settings
@@ -62,6 +54,7 @@ from resilient_db._retry import (
     retry_call,
     set_testing,
 )
+from resilient_db._unit import DeadlineExceeded, UnitEvent, UnitListener, UnitOptions
 from resilient_db._urls import safe_url
 
 __version__ = "0.1.0"

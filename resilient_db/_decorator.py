@@ -29,8 +29,9 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
-from resilient_db._database import _DEFAULT, Database, UnitOptions, _joinable
+from resilient_db._database import Database
 from resilient_db._retry import RetryPolicy
+from resilient_db._unit import _DEFAULT, UnitOptions, _joinable
 
 __all__ = ["INJECTED", "transactional"]
 
