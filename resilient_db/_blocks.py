@@ -169,6 +169,7 @@ class Attempts:
                     policy=self._policy,
                     budget=self._db.budget,
                     deadline_at=self._deadline_at(),
+                    hooks=self._db._hooks(self._call),
                     name=self._options.name,
                 )
             else:

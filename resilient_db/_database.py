@@ -41,7 +41,7 @@ from resilient_db._commit import (
 )
 from resilient_db._errors import CircuitOpenError
 from resilient_db._pool_policy import install_pool_policy
-from resilient_db._retry import RetryPolicy, retry_call
+from resilient_db._retry import RetryEvent, RetryHooks, RetryPolicy, RetryStatistics, retry_call
 from resilient_db._unit import (
     _DEFAULT,
     DeadlineExceeded,
@@ -238,6 +238,9 @@ class Database:
                 "error_type": data.error_type,
             },
         )
+        self._notify(data)
+
+    def _notify(self, data: UnitEvent) -> None:
         for listener in self.listeners:
             try:
                 listener(data)
@@ -328,6 +331,7 @@ class Database:
                 decide=call.decide,
                 budget=self.budget,
                 deadline_at=deadline_at,
+                hooks=self._hooks(call),
                 name=call.options.name,
             )
         except CircuitOpenError as exc:
@@ -338,6 +342,12 @@ class Database:
                     f"{type(call.last_exc).__qualname__} ({category})"
                 )
             raise
+
+    def _hooks(self, call: _Call) -> RetryHooks | None:
+        """Retry events for the listeners; None (no cost at all) when there are none."""
+        if not self.listeners:
+            return None
+        return _ListenerHooks(self, call)
 
     def _deadline_error(self, call: _Call) -> DeadlineExceeded:
         options = call.options
@@ -401,3 +411,39 @@ class Database:
             deadline=deadline, idempotent=idempotent, read_only=read_only, retry=retry, name=name
         )
         return Attempts(self, options)
+
+
+class _ListenerHooks(RetryHooks):
+    r"""Turns the retry engine's hooks into :class:`UnitEvent`\ s for the listeners."""
+
+    __slots__ = ("call", "db")
+
+    def __init__(self, db: Database, call: _Call) -> None:
+        self.db = db
+        self.call = call
+
+    def on_retry(self, event: RetryEvent) -> None:
+        self.db._notify(
+            UnitEvent(
+                event="retry.scheduled",
+                name=event.name,
+                attempt=event.attempt,
+                elapsed=event.elapsed,
+                category=event.category,
+                error_type=type(event.exception).__qualname__,
+                sleep=event.sleep,
+            )
+        )
+
+    def on_finish(self, statistics: RetryStatistics) -> None:
+        if statistics.stop_reason in ("attempts", "deadline", "budget"):
+            self.db._notify(
+                UnitEvent(
+                    event="retry.gave_up",
+                    name=statistics.name,
+                    attempt=statistics.attempts,
+                    elapsed=statistics.elapsed,
+                    category=statistics.last_category,
+                    outcome=statistics.stop_reason,
+                )
+            )

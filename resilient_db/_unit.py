@@ -93,7 +93,9 @@ class UnitEvent:
     """Something that happened to a unit of work; passed to every :class:`UnitListener`.
 
     ``event`` is one of the stable names ``unit.attempt_failed``, ``unit.deadline_exceeded``,
-    ``commit.resolved``, ``commit.unknown``.
+    ``commit.resolved``, ``commit.unknown``, ``retry.scheduled`` (``sleep`` is the backoff
+    about to be slept) and ``retry.gave_up`` (``outcome`` is why: ``attempts``, ``deadline``
+    or ``budget`` — the retry budget is exhausted).
     """
 
     event: str
@@ -106,6 +108,7 @@ class UnitEvent:
     xid: int | None = None
     outcome: str | None = None
     error_type: str | None = None
+    sleep: float | None = None
 
 
 UnitListener = Callable[[UnitEvent], None]

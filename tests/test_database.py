@@ -22,6 +22,7 @@ from resilient_db import (
     CommitOutcomeUnknown,
     Database,
     DeadlineExceeded,
+    RetryBudget,
     RetryPolicy,
     UnitEvent,
     create_async_engine,
@@ -637,3 +638,35 @@ def test_transactional_rejects_bad_use_at_decoration_time() -> None:
 
     with pytest.raises(TypeError, match=r"database=\.\.\.\) must be a Database"):
         transactional(database=42)  # type: ignore[call-overload]
+
+
+async def test_listeners_see_retries_and_an_exhausted_budget(
+    engine: AsyncEngine, table: str
+) -> None:
+    events: list[UnitEvent] = []
+    db = Database(
+        engine,
+        retry=RetryPolicy(attempts=5, initial=0.001, max_backoff=0.002),
+        breaker=None,
+        budget=RetryBudget(max_tokens=1, token_ratio=0, per_second=0),
+        listeners=[events.append],
+        name="budgeted",
+    )
+
+    async def locked(session: AsyncSession) -> None:
+        await session.execute(text(f"SELECT * FROM {table} WHERE id = 4 FOR UPDATE NOWAIT"))
+
+    with psycopg.connect(_dsn_of(engine)) as locker:
+        locker.execute(f"SELECT * FROM {table} WHERE id = 4 FOR UPDATE")
+        with pytest.raises(DBAPIError) as info:
+            await db.run(locked)
+        locker.rollback()
+    names = [e.event for e in events]
+    assert names.count("retry.scheduled") == 1
+    scheduled = next(e for e in events if e.event == "retry.scheduled")
+    assert scheduled.category == "lock_timeout"
+    assert scheduled.sleep is not None
+    gave_up = [e for e in events if e.event == "retry.gave_up"]
+    assert [e.outcome for e in gave_up] == ["budget"]
+    assert gave_up[0].attempt == 2
+    assert any("stopped by budget" in n for n in info.value.__notes__)
