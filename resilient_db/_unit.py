@@ -248,12 +248,22 @@ class _Attempt:
             self.token = None
 
     def _in_recovery(self) -> bool | None:
+        """Context for a 25006 (read-only transaction): was the server a standby?
+
+        The server's ``in_hot_standby`` report is taken only as evidence *for* a standby:
+        a standby promoted between the failed write and this check already reports
+        ``off``, and calling that a program error would surface a failover to the caller.
+        A unit declared ``read_only`` says the opposite (its own READ ONLY). Otherwise
+        unknown, which the classifier treats as a failover.
+        """
         try:
             assert self.conn is not None
             raw: Any = self.conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
         except Exception:
-            return None
-        return server_in_hot_standby(raw)
+            raw = None
+        if raw is not None and server_in_hot_standby(raw):
+            return True
+        return False if self.call.options.read_only else None
 
     async def fail(self, exc: BaseException) -> None:
         """Classify ``exc``, clean up, record it; re-raise unless a lost COMMIT applied."""

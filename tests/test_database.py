@@ -670,3 +670,20 @@ async def test_listeners_see_retries_and_an_exhausted_budget(
     assert [e.outcome for e in gave_up] == ["budget"]
     assert gave_up[0].attempt == 2
     assert any("stopped by budget" in n for n in info.value.__notes__)
+
+
+async def test_write_in_a_read_only_unit_is_a_program_error(
+    engine: AsyncEngine, table: str
+) -> None:
+    db = Database(engine, retry=FAST, breaker=_breaker())
+    calls = 0
+
+    async def write(session: AsyncSession) -> None:
+        nonlocal calls
+        calls += 1
+        await session.execute(text(f"UPDATE {table} SET balance = 0 WHERE id = 5"))
+
+    with pytest.raises(DBAPIError) as info:
+        await db.with_options(read_only=True).run(write)
+    assert "read-only transaction" in str(info.value)
+    assert calls == 1  # READ ONLY was ours: not a failover, never retried
