@@ -162,7 +162,7 @@ def test_cli_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["doctor", "--url", "postgresql+asyncpg://u@h/d", "--processes", "0"])
     assert info.value.code == 2
-    assert "expected an integer >= 1, got 0" in capsys.readouterr().err
+    assert "expected an integer >= 1, got '0'" in capsys.readouterr().err
 
 
 def test_python_dash_m_runs_the_cli(pg_url: str) -> None:
