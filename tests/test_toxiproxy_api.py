@@ -544,3 +544,37 @@ def test_config_file_populates(tmp_path: Any) -> None:
     bad.write_text('{"name": "pg"}')
     with pytest.raises(ValueError, match="JSON array"):
         ToxiproxyServer(config=bad)
+
+
+@pytest.mark.parametrize("transport", ["toxiproxy-python", "stdlib"])
+def test_client_transports_agree(
+    transport: str, api: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests go through toxiproxy-python's API layer, or the standard library without it;
+    both give the same answers and the same errors."""
+    from resilient_db.toxiproxy import _client
+
+    if transport == "stdlib":
+        monkeypatch.setattr(_client, "_api_consumer", lambda: None)
+    else:
+        assert _client._api_consumer() is not None
+    client = ToxiproxyClient(api, timeout=5)
+    info = client.create_proxy(name=name, upstream="127.0.0.1:9")
+    with pytest.raises(ToxiproxyAPIError) as exists:
+        client.create_proxy(name=name, upstream="127.0.0.1:9")
+    assert exists.value.status == 409
+    assert client.set_upstream(name, "127.0.0.1:11").upstream == "127.0.0.1:11"
+    client.add_toxic(name, type="latency", name="lat", attributes={"latency": 5})
+    assert client.update_toxic(name, "lat", attributes={"latency": 7}).attributes["latency"] == 7
+    with pytest.raises(ToxiproxyAPIError) as bad:
+        client.add_toxic(name, type="nope")
+    assert bad.value.status == 400
+    client.delete_proxy(name)
+    with pytest.raises(ToxiproxyAPIError) as missing:
+        client.get_proxy(name)
+    assert missing.value.status == 404
+    assert info.listen_port > 0
+    unreachable = ToxiproxyClient("http://127.0.0.1:9", timeout=2)
+    with pytest.raises(ToxiproxyAPIError) as down:
+        unreachable.version()
+    assert down.value.status == 0

@@ -1,10 +1,11 @@
 """A client for the Toxiproxy HTTP API (embedded or real server), sync and async.
 
-It fills the gaps of ``toxiproxy-python`` 0.1.1: a per-instance API address instead of class
-globals, a timeout on every request, errors that say what failed (never a ``KeyError`` on a
-500), changing a proxy's upstream or listen address (failover), updating a toxic, and async
-use. :meth:`ToxiproxyClient.legacy` still hands out a ``toxiproxy.Toxiproxy`` object pointed at
-this client's server for code written against that library.
+It is a thin layer over ``toxiproxy-python`` 0.1.1 (whose API layer carries every request
+when it is installed) that fills that library's gaps: a per-instance API address instead of
+class globals, a timeout on every request, errors that say what failed (never a ``KeyError``
+on a 500), changing a proxy's upstream or listen address (failover), updating a toxic, and
+async use. :meth:`ToxiproxyClient.legacy` hands out a ``toxiproxy.Toxiproxy`` object pointed
+at this client's server for code written against that library.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ __all__ = [
 ]
 
 _LEGACY_LOCK = threading.Lock()
+
+
+def _api_consumer() -> Any:
+    """toxiproxy-python's ``APIConsumer`` class, or None when the library is not installed."""
+    try:
+        from toxiproxy.api import APIConsumer
+    except ImportError:
+        return None
+    return APIConsumer
 
 
 class ToxiproxyAPIError(ResilientDBError):
@@ -128,26 +138,17 @@ class ToxiproxyClient:
 
     # -- transport -----------------------------------------------------------------------
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        """Send one request; the decoded JSON answer (``None`` for 204)."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        try:
-            payload = None if body is None else json.dumps(body).encode()
-            headers = {"Accept": "application/json"}
-            if payload is not None:
-                headers["Content-Type"] = "application/json"
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-            status = response.status
-        except (OSError, http.client.HTTPException) as exc:
-            raise ToxiproxyAPIError(
-                status=0,
-                message=f"cannot reach the Toxiproxy API at {self.url}: {exc}",
-                method=method,
-                path=path,
-            ) from exc
-        finally:
-            conn.close()
+        """Send one request; the decoded JSON answer (``None`` for 204).
+
+        Requests go through toxiproxy-python's own API layer (``toxiproxy.api.APIConsumer``)
+        when that library is installed (the ``chaos`` and ``test`` extras), pointed at this
+        client's server and given this client's timeout; otherwise through the standard
+        library. Both raise :class:`ToxiproxyAPIError` for every failure.
+        """
+        if _api_consumer() is not None:
+            status, data = self._via_toxiproxy_python(method, path, body)
+        else:
+            status, data = self._via_http_client(method, path, body)
         decoded: Any = None
         if data:
             try:
@@ -160,6 +161,61 @@ class ToxiproxyClient:
                 status=status, message=str(message or ""), method=method, path=path
             )
         return decoded
+
+    def _unreachable(self, method: str, path: str, exc: BaseException) -> ToxiproxyAPIError:
+        return ToxiproxyAPIError(
+            status=0,
+            message=f"cannot reach the Toxiproxy API at {self.url}: {exc}",
+            method=method,
+            path=path,
+        )
+
+    def _via_toxiproxy_python(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
+        import requests
+        from toxiproxy import exceptions as tp_errors
+
+        consumer = _api_consumer()
+        assert consumer is not None
+        # The library's API layer speaks GET, POST and DELETE; the Toxiproxy API takes POST
+        # wherever it takes PATCH (proxy and toxic updates).
+        verb = "post" if method in ("POST", "PATCH") else method.lower()
+        kwargs: dict[str, Any] = {"timeout": self.timeout}
+        if body is not None:
+            kwargs["json"] = body
+        known = {
+            tp_errors.ProxyExists: 409,
+            tp_errors.NotFound: 404,
+            tp_errors.InvalidToxic: 400,
+        }
+        with _LEGACY_LOCK:  # its address lives in class attributes
+            saved = (consumer.host, consumer.port)
+            consumer.host, consumer.port = self.host, self.port
+            try:
+                response = getattr(consumer, verb)(path, **kwargs)
+            except tuple(known) as exc:
+                content = exc.args[0] if exc.args else b""
+                raw = content if isinstance(content, bytes) else str(content).encode()
+                return known[type(exc)], raw
+            except requests.RequestException as exc:
+                raise self._unreachable(method, path, exc) from exc
+            finally:
+                consumer.host, consumer.port = saved
+        return int(response.status_code), bytes(response.content)
+
+    def _via_http_client(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            headers = {"Accept": "application/json"}
+            if payload is not None:
+                headers["Content-Type"] = "application/json"
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(method, path, exc) from exc
+        finally:
+            conn.close()
 
     # -- server --------------------------------------------------------------------------
     def version(self) -> str:
