@@ -491,10 +491,18 @@ async def _drive(
         if r.xid is not None:
             try:
                 status = await ctx.admin.ascalar(
-                    "SELECT pg_xact_status(%s::text::xid8)", (str(r.xid),)
+                    "SELECT CASE WHEN %s::text IS NULL OR %s::text = "
+                    "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) "
+                    "THEN pg_xact_status(%s::text::xid8) END",
+                    (r.timeline, r.timeline, str(r.xid)),
                 )
             except Exception as exc:
                 ctx.notes.append(f"pg_xact_status({r.xid}) failed: {type(exc).__name__}")
+            if status is None and r.timeline is not None:
+                ctx.notes.append(
+                    f"xid {r.xid} (timeline {r.timeline}) is not known to the server now "
+                    "(another timeline after a failover, or too old): settled by the op id"
+                )
         statuses[r.op] = status
         unknown_ops.append(
             {"op": r.op, "xid": r.xid, "xact_status": status, "rows": counts.get(r.op, 0)}

@@ -60,6 +60,8 @@ class OpRecord:
     outcome: Outcome
     error_type: str | None = None
     xid: int | None = None
+    #: WAL timeline the xid was assigned on (an xid means nothing on another timeline).
+    timeline: str | None = None
 
     @property
     def duration(self) -> float:
@@ -264,10 +266,12 @@ class Workload:
             outcome: Outcome = "acknowledged"
             error: str | None = None
             xid: int | None = None
+            timeline: str | None = None
             try:
                 await self.db.run(self.ledger.transfer, op, src, dst, amount)
             except CommitOutcomeUnknown as exc:
                 outcome, error, xid = "unknown", error_name(exc), exc.xid
+                timeline = exc.timeline
             except Exception as exc:
                 outcome, error = "failed", error_name(exc)
             if self.in_flight.pop(op, None) is None:
@@ -284,6 +288,7 @@ class Workload:
                     outcome=outcome,
                     error_type=error,
                     xid=xid,
+                    timeline=timeline,
                 )
             )
             if self.interval:

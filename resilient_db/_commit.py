@@ -28,8 +28,15 @@ __all__ = [
 
 logger = logging.getLogger("resilient_db")
 
-_CAPTURE = text("SELECT pg_current_xact_id_if_assigned()::text, pg_backend_pid()")
-_STATUS = text("SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8))")
+# The WAL timeline (the first 8 hex digits of the current WAL file name) tells a resolution
+# whether it talks to the same history: a standby promoted after a failover starts a new
+# timeline and may hand out the *same* xid numbers again to other transactions.
+_TIMELINE = "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
+_CAPTURE = text(f"SELECT pg_current_xact_id_if_assigned()::text, pg_backend_pid(), {_TIMELINE}")
+_STATUS = text(
+    "SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8)), "
+    f"CASE WHEN pg_is_in_recovery() THEN NULL ELSE {_TIMELINE} END"
+)
 # Only the backend that still holds *this* transaction (never a reused pid, never a process
 # on another server after a failover).
 _TERMINATE = text(
@@ -52,6 +59,8 @@ class TxnIdentity:
 
     xid: int
     backend_pid: int
+    #: WAL timeline of the server when the xid was captured (``None``: unknown).
+    timeline: str | None = None
 
 
 async def capture_identity(session: AsyncSession) -> TxnIdentity | None:
@@ -59,13 +68,20 @@ async def capture_identity(session: AsyncSession) -> TxnIdentity | None:
     row = (await session.execute(_CAPTURE)).one()
     if row[0] is None:
         return None
-    return TxnIdentity(xid=int(row[0]), backend_pid=int(row[1]))
+    return TxnIdentity(xid=int(row[0]), backend_pid=int(row[1]), timeline=row[2])
 
 
 async def _status(engine: AsyncEngine, ident: TxnIdentity) -> str | None:
+    """``pg_xact_status`` of ``ident``; ``"other timeline"`` when the server's history is not
+    the one the xid was assigned in, ``"in recovery"`` on a standby (not authoritative)."""
     async with engine.connect() as conn:
-        value: Any = (await conn.execute(_STATUS, {"xid": str(ident.xid)})).scalar()
+        row: Any = (await conn.execute(_STATUS, {"xid": str(ident.xid)})).one()
         await conn.rollback()
+    value, timeline = row
+    if timeline is None:
+        return "in recovery"
+    if ident.timeline is not None and timeline != ident.timeline:
+        return "other timeline"
     return None if value is None else str(value)
 
 
@@ -116,6 +132,13 @@ async def resolve_commit(
             if status == "aborted":
                 outcome = CommitOutcome.ABORTED
                 break
+            if status == "in recovery":
+                await anyio.sleep(wait)  # a standby: wait (bounded) for a primary to answer
+                wait = min(wait * 2, 0.5)
+                continue
+            if status == "other timeline":
+                logger.warning("commit.timeline_changed", extra={"xid": ident.xid})
+                break  # a failover: this xid number may name another transaction here
             if status != "in progress":
                 break  # NULL: too old or unknown here
             # The old backend still holds the transaction open behind a dead socket.
@@ -133,12 +156,15 @@ async def resolve_commit(
     return outcome
 
 
-async def transaction_status(engine: AsyncEngine, xid: int, *, timeout: float) -> CommitOutcome:
-    """``pg_xact_status(xid)`` as a :class:`CommitOutcome` (``UNKNOWN`` on any doubt)."""
+async def transaction_status(
+    engine: AsyncEngine, xid: int, *, timeout: float, timeline: str | None = None
+) -> CommitOutcome:
+    """``pg_xact_status(xid)`` as a :class:`CommitOutcome` (``UNKNOWN`` on any doubt, and
+    when ``timeline`` is given and the server is on another one)."""
     status: str | None = None
     with anyio.move_on_after(timeout):
         try:
-            status = await _status(engine, TxnIdentity(xid=xid, backend_pid=0))
+            status = await _status(engine, TxnIdentity(xid=xid, backend_pid=0, timeline=timeline))
         except Exception as exc:
             logger.info(
                 "commit.status_failed", extra={"xid": xid, "error_type": type(exc).__qualname__}

@@ -179,15 +179,19 @@ class Database:
             budget = _budgets[self._key] = RetryBudget()
         return budget
 
-    async def commit_status(self, xid: int, *, timeout: float = 5.0) -> CommitOutcome:
+    async def commit_status(
+        self, xid: int, *, timeline: str | None = None, timeout: float = 5.0
+    ) -> CommitOutcome:
         """What became of transaction ``xid`` (from :class:`CommitOutcomeUnknown` or a
         ``commit.unknown`` event): ``committed``, ``aborted`` or ``unknown``.
 
-        Asks ``pg_xact_status`` on a fresh connection; never terminates anything.
+        Pass the ``timeline`` the exception carries: after a failover the new primary may
+        have given the same xid number to another transaction, and the answer is then
+        ``unknown``. Asks ``pg_xact_status`` on a fresh connection; terminates nothing.
         """
         if isinstance(xid, bool) or not isinstance(xid, int) or xid < 0:
             raise ValueError(f"xid must be a non-negative int (a transaction id), got {xid!r}")
-        return await transaction_status(self.engine, xid, timeout=timeout)
+        return await transaction_status(self.engine, xid, timeout=timeout, timeline=timeline)
 
     async def health_check(self) -> None:
         """A cheap probe: a connection from the pool (a new one during an outage), SELECT 1."""

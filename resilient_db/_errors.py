@@ -60,11 +60,16 @@ class CommitOutcomeUnknown(ResilientDBError):
     """The connection was lost during COMMIT and the outcome could not be determined.
 
     The transaction may or may not have been applied. ``xid`` is the transaction id that was
-    assigned on the server (``None`` when it could not be captured); query
-    ``pg_xact_status(xid)`` on the server later, or make the unit idempotent.
+    assigned on the server (``None`` when it could not be captured) and ``timeline`` the WAL
+    timeline it was assigned on: settle it later with
+    ``await db.commit_status(exc.xid, timeline=exc.timeline)`` (an xid number means nothing
+    on another timeline, i.e. after a failover), or make the unit idempotent.
     """
 
-    def __init__(self, message: str, *, xid: int | None, attempts: int = 1) -> None:
+    def __init__(
+        self, message: str, *, xid: int | None, attempts: int = 1, timeline: str | None = None
+    ) -> None:
         self.xid = xid
         self.attempts = attempts
+        self.timeline = timeline
         super().__init__(message)

@@ -375,6 +375,7 @@ class _Attempt:
             f"pg_xact_status('{ident.xid}') later or check the data before retrying",
             xid=ident.xid,
             attempts=call.attempts,
+            timeline=ident.timeline,
         ) from exc
 
     async def _close(self, *, invalidate: bool = False) -> None:
