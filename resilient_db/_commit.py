@@ -33,9 +33,14 @@ logger = logging.getLogger("resilient_db")
 # timeline and may hand out the *same* xid numbers again to other transactions.
 _TIMELINE = "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
 _CAPTURE = text(f"SELECT pg_current_xact_id_if_assigned()::text, pg_backend_pid(), {_TIMELINE}")
+_CAPTURE_NO_TIMELINE = text("SELECT pg_current_xact_id_if_assigned()::text, pg_backend_pid(), NULL")
 _STATUS = text(
     "SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8)), "
     f"CASE WHEN pg_is_in_recovery() THEN NULL ELSE {_TIMELINE} END"
+)
+_STATUS_NO_TIMELINE = text(
+    "SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8)), "
+    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE '' END"
 )
 # Only the backend that still holds *this* transaction (never a reused pid, never a process
 # on another server after a failover).
@@ -63,9 +68,13 @@ class TxnIdentity:
     timeline: str | None = None
 
 
-async def capture_identity(session: AsyncSession) -> TxnIdentity | None:
-    """One round trip: the transaction's xid (``None`` when it wrote nothing) and pid."""
-    row = (await session.execute(_CAPTURE)).one()
+async def capture_identity(
+    session: AsyncSession, *, with_timeline: bool = True
+) -> TxnIdentity | None:
+    """One round trip: the transaction's xid (``None`` when it wrote nothing), backend pid
+    and WAL timeline (only ``with_timeline``: a server without WAL functions would fail the
+    statement, and with it the caller's transaction)."""
+    row = (await session.execute(_CAPTURE if with_timeline else _CAPTURE_NO_TIMELINE)).one()
     if row[0] is None:
         return None
     return TxnIdentity(xid=int(row[0]), backend_pid=int(row[1]), timeline=row[2])
@@ -75,7 +84,8 @@ async def _status(engine: AsyncEngine, ident: TxnIdentity) -> str | None:
     """``pg_xact_status`` of ``ident``; ``"other timeline"`` when the server's history is not
     the one the xid was assigned in, ``"in recovery"`` on a standby (not authoritative)."""
     async with engine.connect() as conn:
-        row: Any = (await conn.execute(_STATUS, {"xid": str(ident.xid)})).one()
+        query = _STATUS if ident.timeline is not None else _STATUS_NO_TIMELINE
+        row: Any = (await conn.execute(query, {"xid": str(ident.xid)})).one()
         await conn.rollback()
     value, timeline = row
     if timeline is None:

@@ -29,10 +29,12 @@ from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
+    "TIMELINE_SQL",
     "WROTE_KEY",
     "install_pool_policy",
     "pre_ping_enabled",
     "server_in_hot_standby",
+    "timeline_supported",
 ]
 
 logger = logging.getLogger("resilient_db")
@@ -43,6 +45,17 @@ _FRESH_KEY = "resilient_db.fresh"
 _READS = ("SELECT", "SHOW", "select", "show")
 
 _installed: weakref.WeakSet[Any] = weakref.WeakSet()
+#: Engines whose server answered the WAL-timeline probe (PostgreSQL with WAL functions; not
+#: e.g. Aurora). Probed on new connections until one answers.
+_timeline_ok: weakref.WeakSet[Any] = weakref.WeakSet()
+TIMELINE_SQL = "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
+
+
+def timeline_supported(engine: AsyncEngine) -> bool:
+    """Whether xid captures on ``engine`` may include the WAL timeline (see ``_commit``)."""
+    return engine.sync_engine in _timeline_ok
+
+
 _pinging: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -139,6 +152,23 @@ def install_pool_policy(engine: AsyncEngine) -> None:
         return
     event.listen(sync, "handle_error", _on_error)
     event.listen(sync, "before_cursor_execute", _track_writes)
+
+    def probe_timeline(dbapi_connection: Any, record: Any) -> None:
+        if sync in _timeline_ok:
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(TIMELINE_SQL)
+            cursor.fetchone()
+        except Exception as exc:  # a standby, or a server without WAL functions
+            logger.debug("pool.timeline_probe_failed", extra={"error_type": type(exc).__name__})
+        else:
+            _timeline_ok.add(sync)
+        finally:
+            cursor.close()
+            dbapi_connection.rollback()
+
+    event.listen(sync, "connect", probe_timeline)
     pool: Any = sync.pool
     if getattr(pool, "_pre_ping", False):
         dialect = sync.dialect

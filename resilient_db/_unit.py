@@ -30,7 +30,7 @@ from resilient_db._commit import (
     resolve_commit,
 )
 from resilient_db._errors import CommitOutcomeUnknown, ResilientDBError
-from resilient_db._pool_policy import WROTE_KEY, server_in_hot_standby
+from resilient_db._pool_policy import WROTE_KEY, server_in_hot_standby, timeline_supported
 from resilient_db._retry import RetryDecision, RetryPolicy
 
 if TYPE_CHECKING:
@@ -203,7 +203,9 @@ class _Attempt:
                 if sync.new or sync.deleted or sync.dirty:
                     await session.flush()  # COMMIT would flush anyway; capture after it
                 if not options.idempotent and self._wrote():
-                    self.ident = await capture_identity(session)
+                    self.ident = await capture_identity(
+                        session, with_timeline=timeline_supported(self.db.engine)
+                    )
             self.phase = Phase.COMMIT
             await session.commit()
         except BaseException as exc:

@@ -81,3 +81,17 @@ async def test_policy_is_installed_once(pg_url: str) -> None:
             assert (await conn.execute(text("SELECT 2"))).scalar_one() == 2
     finally:
         await engine.dispose()
+
+
+async def test_timeline_probe_marks_the_engine(pg_url: str) -> None:
+    from resilient_db._pool_policy import timeline_supported
+
+    engine = create_async_engine(pg_url, pool_size=1)
+    try:
+        Database(engine)
+        assert not timeline_supported(engine)  # nothing connected yet
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+        assert timeline_supported(engine)
+    finally:
+        await engine.dispose()
