@@ -238,6 +238,15 @@ async def test_quick_suite_passes_on_real_faults(pg_url: str, tmp_path: Path) ->
     assert {c["name"] for c in data["results"][0]["checks"]} >= set(INVARIANTS)
 
 
+async def test_quick_faults_through_psycopg(psycopg_url: str) -> None:
+    """The same invariants with the second driver: lost COMMITs mid-stream and a black hole."""
+    settings = Settings(url=psycopg_url, **QUICK)  # type: ignore[arg-type]
+    with anyio.fail_after(60):
+        suite = await run_suite(settings, by_name(["limit_data", "black_hole"]))
+    text = "\n".join(format_scenario(r) for r in suite.results) + format_summary(suite)
+    assert suite.passed, text
+
+
 @asynccontextmanager
 async def _lose_an_op(ctx: FaultContext) -> AsyncIterator[None]:
     """A deliberately broken "fault": deletes one acknowledged transfer behind the library."""
