@@ -34,6 +34,11 @@ __all__ = [
 _LEGACY_LOCK = threading.Lock()
 
 
+def _path(proxy: str, *rest: str) -> str:
+    """An API path under ``/proxies/<proxy>``, every segment URL-quoted."""
+    return "/proxies/" + "/".join(quote(part, safe="") for part in (proxy, *rest))
+
+
 def _api_consumer() -> Any:
     """toxiproxy-python's ``APIConsumer`` class, or None when the library is not installed."""
     try:
@@ -246,7 +251,7 @@ class ToxiproxyClient:
 
     def get_proxy(self, name: str) -> ProxyInfo:
         """One proxy (404 → :class:`ToxiproxyAPIError`)."""
-        return ProxyInfo.from_json(self.request("GET", f"/proxies/{quote(name, safe='')}"))
+        return ProxyInfo.from_json(self.request("GET", _path(name)))
 
     def update_proxy(
         self,
@@ -264,7 +269,7 @@ class ToxiproxyClient:
             body["listen"] = listen
         if enabled is not None:
             body["enabled"] = enabled
-        return ProxyInfo.from_json(self.request("PATCH", f"/proxies/{quote(name, safe='')}", body))
+        return ProxyInfo.from_json(self.request("PATCH", _path(name), body))
 
     def set_upstream(self, name: str, upstream: str) -> ProxyInfo:
         """Point a proxy at another server (failover); open connections are dropped."""
@@ -280,7 +285,7 @@ class ToxiproxyClient:
 
     def delete_proxy(self, name: str) -> None:
         """Delete a proxy, closing its connections and releasing its port."""
-        self.request("DELETE", f"/proxies/{quote(name, safe='')}")
+        self.request("DELETE", _path(name))
 
     @contextmanager
     def down(self, name: str) -> Iterator[None]:
@@ -294,7 +299,7 @@ class ToxiproxyClient:
     # -- toxics --------------------------------------------------------------------------
     def toxics(self, proxy: str) -> list[ToxicInfo]:
         """Toxics of a proxy."""
-        data = self.request("GET", f"/proxies/{quote(proxy, safe='')}/toxics")
+        data = self.request("GET", _path(proxy, "toxics"))
         return [ToxicInfo.from_json(t) for t in data]
 
     def add_toxic(
@@ -316,12 +321,12 @@ class ToxiproxyClient:
         }
         if name is not None:
             body["name"] = name
-        path = f"/proxies/{quote(proxy, safe='')}/toxics"
+        path = _path(proxy, "toxics")
         return ToxicInfo.from_json(self.request("POST", path, body))
 
     def get_toxic(self, proxy: str, name: str) -> ToxicInfo:
         """One toxic."""
-        path = f"/proxies/{quote(proxy, safe='')}/toxics/{quote(name, safe='')}"
+        path = _path(proxy, "toxics", name)
         return ToxicInfo.from_json(self.request("GET", path))
 
     def update_toxic(
@@ -338,12 +343,12 @@ class ToxiproxyClient:
             body["attributes"] = dict(attributes)
         if toxicity is not None:
             body["toxicity"] = toxicity
-        path = f"/proxies/{quote(proxy, safe='')}/toxics/{quote(name, safe='')}"
+        path = _path(proxy, "toxics", name)
         return ToxicInfo.from_json(self.request("PATCH", path, body))
 
     def remove_toxic(self, proxy: str, name: str) -> None:
         """Remove a toxic (removing ``timeout`` closes the connections it held)."""
-        path = f"/proxies/{quote(proxy, safe='')}/toxics/{quote(name, safe='')}"
+        path = _path(proxy, "toxics", name)
         self.request("DELETE", path)
 
     @contextmanager
