@@ -28,6 +28,8 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from resilient_db._classify import default_classifier
+
 __all__ = [
     "TIMELINE_SQL",
     "WROTE_KEY",
@@ -87,21 +89,10 @@ def server_in_hot_standby(driver_connection: Any) -> bool | None:
     return str(value).lower() == "on"
 
 
-def _sqlstates(exc: BaseException | None) -> list[str]:
-    out: list[str] = []
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
-        if isinstance(state, str):
-            out.append(state)
-        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
-    return out
-
-
 def _on_error(ctx: ExceptionContext) -> None:
     conn = ctx.connection
-    if "25006" in _sqlstates(ctx.original_exception) and conn is not None:
+    original = ctx.original_exception
+    if conn is not None and default_classifier().classify(original).sqlstate == "25006":
         try:
             driver = conn.connection.driver_connection
         except Exception:
@@ -132,17 +123,6 @@ def _track_writes(
 ) -> None:
     if not statement.lstrip().startswith(_READS):
         conn.info[WROTE_KEY] = True
-
-
-def _timed_out(err: BaseException) -> bool:
-    seen: set[int] = set()
-    e: BaseException | None = err
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, TimeoutError):
-            return True
-        e = getattr(e, "orig", None) or e.__cause__ or e.__context__
-    return False
 
 
 def install_pool_policy(engine: AsyncEngine) -> None:
@@ -182,7 +162,7 @@ def install_pool_policy(engine: AsyncEngine) -> None:
             try:
                 dialect.do_ping(dbapi_connection)
             except Exception as err:
-                whole_pool = _timed_out(err)
+                whole_pool = default_classifier().classify(err).category == "timeout"
                 logger.info(
                     "pool.ping_failed",
                     extra={
