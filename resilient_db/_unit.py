@@ -156,6 +156,14 @@ class _Call:
         return self.decisions.get(id(exc))
 
 
+async def _invalidate(session: AsyncSession) -> None:
+    """Terminate the session's connection (never returned to the pool politely)."""
+    try:
+        await session.invalidate()
+    except Exception:  # the connection is gone either way
+        logger.debug("unit.invalidate_failed")
+
+
 class _Attempt:
     """One attempt: a fresh session, its breaker permit and the phase it reached."""
 
@@ -232,10 +240,7 @@ class _Attempt:
         """
         logger.info("unit.close_failed", extra={"error_type": type(exc).__qualname__})
         with anyio.CancelScope(shield=True):
-            try:
-                await session.invalidate()
-            except Exception:
-                logger.debug("unit.invalidate_failed")
+            await _invalidate(session)
         scope = self.call.scope
         if not isinstance(exc, Exception) and not (scope is not None and scope.cancel_called):
             raise exc
@@ -396,7 +401,4 @@ class _Attempt:
                         pass
                 if not scope.cancelled_caught:
                     logger.debug("unit.close_failed")
-            try:
-                await session.invalidate()
-            except Exception:  # the connection is gone either way
-                logger.debug("unit.invalidate_failed")
+            await _invalidate(session)
