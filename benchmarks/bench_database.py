@@ -207,10 +207,7 @@ async def _outage_run(
     first_ok = min((t for t, ok in results if ok and t >= up_at), default=float("inf"))
     window = [ok for t, ok in results if up_at + 1.0 <= t < up_at + 2.0]
     success_1s = sum(window) / len(window) if window else 0.0
-    recovered: set[int] = set()
     t95 = float("inf")
-    per_caller_first: list[float] = []
-    del recovered
     # time until 95 % of the calls finishing in a 100 ms bin succeed
     bins: dict[int, list[bool]] = {}
     for t, ok in results:
@@ -221,7 +218,6 @@ async def _outage_run(
         if sum(oks) / len(oks) >= 0.95:
             t95 = b / 10
             break
-    del per_caller_first
     print(f"   {label}")
     print(f"     connection attempts during the outage: {rate:8.1f} /s")
     print(f"     first success after the return:        {first_ok - up_at:8.3f} s")
