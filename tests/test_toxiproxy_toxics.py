@@ -99,11 +99,14 @@ async def test_latency_on_warm_asyncpg_statement(
 async def test_latency_is_not_cumulative_and_removal_flushes(
     tp: tuple[ToxiproxyServer, AsyncToxiproxyClient],
 ) -> None:
+    dripped = asyncio.Event()
+
     async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readexactly(2)
         for i in range(5):
             writer.write(bytes([i]))
             await writer.drain()
+            dripped.set()
             await asyncio.sleep(0.02)  # pacing the drip, not waiting (bounded)
         await reader.read()
 
@@ -121,8 +124,10 @@ async def test_latency_is_not_cumulative_and_removal_flushes(
 
         await client.update_toxic("p", "latency_downstream", attributes={"latency": 10_000})
         async with connect(proxy.listen_port) as (reader, writer):
+            dripped.clear()
             writer.write(b"go")
-            await asyncio.sleep(0.05)  # let the first bytes be held by the latency toxic
+            async with asyncio.timeout(2):  # the first bytes are on their way into the toxic
+                await dripped.wait()
             start = time.perf_counter()
             await client.remove_toxic("p", "latency_downstream")
             assert await read_exactly(reader, 5, timeout=2) == bytes(range(5))
