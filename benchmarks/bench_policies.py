@@ -25,7 +25,7 @@ import tenacity
 from purgatory.domain.model import OpenedState
 
 from resilient_db import CircuitBreaker, CircuitOpenError, RetryBudget, RetryPolicy
-from resilient_db._retry import RetryDecision, retry_call
+from resilient_db.policies._retry import RetryDecision, retry_call
 
 Loop = Callable[[int], Awaitable[None]]
 

@@ -6,21 +6,14 @@ private and may change without notice.
 
 from __future__ import annotations
 
-from resilient_db._blocks import AttemptBlock, Attempts, Transaction
-
-# [engine]
-# [classifier]
-# [policies]
-from resilient_db._breaker import (
-    BreakerEvent,
-    BreakerListener,
-    BreakerPermit,
-    BreakerState,
-    BreakerStatistics,
-    CircuitBreaker,
+from resilient_db._errors import (
+    CircuitOpenError,
+    CommitOutcomeUnknown,
+    ConfigurationError,
+    MissingDriverError,
+    ResilientDBError,
 )
-from resilient_db._budget import BudgetStatistics, RetryBudget
-from resilient_db._classify import (
+from resilient_db.classify import (
     Classification,
     Classifier,
     ErrorFacts,
@@ -29,22 +22,30 @@ from resilient_db._classify import (
     Rule,
     classify,
 )
-
-# [database]
-from resilient_db._commit import CommitOutcome
-from resilient_db._database import Database, engine_health_check
-from resilient_db._decorator import INJECTED, transactional
-from resilient_db._doctor import DoctorReport, Finding, Severity, doctor
-from resilient_db._engine import EngineSettings, create_async_engine, engine_settings
-from resilient_db._errors import (
-    CircuitOpenError,
-    CommitOutcomeUnknown,
-    ConfigurationError,
-    MissingDriverError,
-    ResilientDBError,
+from resilient_db.engine import (
+    DoctorReport,
+    EngineSettings,
+    Finding,
+    Severity,
+    create_async_engine,
+    doctor,
+    engine_settings,
+    safe_url,
 )
-from resilient_db._retry import (
+
+# [engine]
+# [classifier]
+# [policies]
+from resilient_db.policies import (
+    BreakerEvent,
+    BreakerListener,
+    BreakerPermit,
+    BreakerState,
+    BreakerStatistics,
+    BudgetStatistics,
     CategoryBackoff,
+    CircuitBreaker,
+    RetryBudget,
     RetryDecision,
     RetryEvent,
     RetryHooks,
@@ -54,8 +55,22 @@ from resilient_db._retry import (
     retry_call,
     set_testing,
 )
-from resilient_db._unit import DeadlineExceeded, UnitEvent, UnitListener, UnitOptions
-from resilient_db._urls import safe_url
+
+# [database]
+from resilient_db.units import (
+    INJECTED,
+    AttemptBlock,
+    Attempts,
+    CommitOutcome,
+    Database,
+    DeadlineExceeded,
+    Transaction,
+    UnitEvent,
+    UnitListener,
+    UnitOptions,
+    engine_health_check,
+    transactional,
+)
 
 __version__ = "0.1.0"
 

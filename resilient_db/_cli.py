@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from resilient_db._doctor import DoctorReport, Severity, doctor
+from resilient_db.engine import DoctorReport, Severity, doctor
 
 __all__ = ["main"]
 

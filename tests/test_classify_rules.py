@@ -27,7 +27,7 @@ from resilient_db import (
     Rule,
     classify,
 )
-from resilient_db._rules import DEFAULT_RULES, render_rules_markdown
+from resilient_db.classify._rules import DEFAULT_RULES, render_rules_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "classifier-rules.md"
@@ -36,13 +36,13 @@ DOC = ROOT / "docs" / "classifier-rules.md"
 def test_docs_table_matches_the_code() -> None:
     assert DOC.read_text(encoding="utf-8") == render_rules_markdown(), (
         "docs/classifier-rules.md is stale; regenerate it with "
-        "`python -m resilient_db._rules > docs/classifier-rules.md`"
+        "`python -m resilient_db.classify._rules > docs/classifier-rules.md`"
     )
 
 
 def test_regeneration_command_prints_the_doc_without_warnings() -> None:
     out = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "resilient_db._rules"],
+        [sys.executable, "-W", "error", "-m", "resilient_db.classify._rules"],
         check=True,
         capture_output=True,
         text=True,

@@ -24,9 +24,9 @@ from resilient_db import (
     create_async_engine,
     engine_health_check,
 )
-from resilient_db._commit import capture_identity, resolve_commit
 from resilient_db.pytest_plugin import ToxiproxyPostgres
 from resilient_db.testing import ClusterPair
+from resilient_db.units._commit import capture_identity, resolve_commit
 
 Factory = Callable[..., ToxiproxyPostgres]
 

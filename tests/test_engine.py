@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import resilient_db
 from resilient_db import ConfigurationError, create_async_engine, engine_settings
-from resilient_db._engine import default_pool_size
+from resilient_db.engine._factory import default_pool_size
 from tests._relay import relay_to
 
 

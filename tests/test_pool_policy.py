@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
 from resilient_db import Database, create_async_engine
-from resilient_db._pool_policy import install_pool_policy, pre_ping_enabled
+from resilient_db.engine._pool_policy import install_pool_policy, pre_ping_enabled
 
 
 async def _pids_in_parallel(db: Database, n: int) -> list[int]:
@@ -84,7 +84,7 @@ async def test_policy_is_installed_once(pg_url: str) -> None:
 
 
 async def test_timeline_probe_marks_the_engine(pg_url: str) -> None:
-    from resilient_db._pool_policy import timeline_supported
+    from resilient_db.engine._pool_policy import timeline_supported
 
     engine = create_async_engine(pg_url, pool_size=1)
     try:

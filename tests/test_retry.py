@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tenacity import AsyncRetrying
 
-import resilient_db._retry as retry_mod
+import resilient_db.policies._retry as retry_mod
 from resilient_db import (
     CategoryBackoff,
     ConfigurationError,
@@ -26,7 +26,7 @@ from resilient_db import (
     RetryStatistics,
     set_testing,
 )
-from resilient_db._retry import is_testing, retry_call
+from resilient_db.policies._retry import is_testing, retry_call
 
 
 class FakeTime:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from resilient_db._clock import Clock, default_clock
 from resilient_db._errors import ConfigurationError
+from resilient_db.policies._clock import Clock, default_clock
 
 __all__ = ["BudgetStatistics", "RetryBudget"]
 

@@ -2,8 +2,8 @@
 
 ``classify(exc, phase=...)`` walks the exception chain (``.orig``, ``__cause__``, then
 ``__context__``), finds the first SQLSTATE the *server* sent, and asks an ordered table of
-rules (``resilient_db._rules.DEFAULT_RULES``) which one applies first. The answer is a frozen
-:class:`Classification`.
+rules (``resilient_db.classify._rules.DEFAULT_RULES``) which one applies first. The answer
+is a frozen :class:`Classification`.
 
 Hot-path design: the static part of rule matching (exception types and SQLSTATE) is computed
 once per (chain of exception types, SQLSTATE) and cached, so a repeated classification costs
@@ -450,16 +450,17 @@ def _coerce_phase(phase: Phase | str | None) -> Phase | None:
 class Classifier:
     """An ordered list of :class:`Rule`; the first rule that matches decides.
 
-    ``Classifier()`` uses the default table (``resilient_db._rules.DEFAULT_RULES``, rendered
-    in ``docs/classifier-rules.md``). Exceptions no rule matches are fatal with category
-    ``unknown``. Instances are immutable and safe to share between tasks and threads.
+    ``Classifier()`` uses the default table
+    (``resilient_db.classify._rules.DEFAULT_RULES``, rendered in ``docs/classifier-rules.md``).
+    Exceptions no rule matches are fatal with category ``unknown``. Instances are immutable
+    and safe to share between tasks and threads.
     """
 
     __slots__ = ("_by_key", "_by_sqlstate", "_by_type", "_compiled", "_rules")
 
     def __init__(self, rules: Sequence[Rule] | None = None) -> None:
         if rules is None:
-            from resilient_db._rules import DEFAULT_RULES
+            from resilient_db.classify._rules import DEFAULT_RULES
 
             rules = DEFAULT_RULES
         rules = tuple(rules)

@@ -21,8 +21,9 @@ from typing import Final, Literal, Protocol, TypeVar
 import anyio.lowlevel
 from tenacity import AsyncRetrying, DoSleep, RetryCallState
 
-from resilient_db._budget import RetryBudget
-from resilient_db._clock import (
+from resilient_db._errors import ConfigurationError
+from resilient_db.policies._budget import RetryBudget
+from resilient_db.policies._clock import (
     Clock,
     RandomSource,
     Sleep,
@@ -30,7 +31,6 @@ from resilient_db._clock import (
     default_random,
     default_sleep,
 )
-from resilient_db._errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_PER_CATEGORY",
@@ -215,7 +215,8 @@ class RetryPolicy:
                     option,
                     getattr(self, option),
                     "must be callable",
-                    "pass a function (see resilient_db._clock protocols) or leave the default",
+                    "pass a function (see the resilient_db.policies._clock protocols) "
+                    "or leave the default",
                 )
 
     def backoff(

@@ -29,9 +29,9 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
-from resilient_db._database import Database
-from resilient_db._retry import RetryPolicy
-from resilient_db._unit import _DEFAULT, UnitOptions, _joinable
+from resilient_db.policies import RetryPolicy
+from resilient_db.units._attempt import _DEFAULT, UnitOptions, _joinable
+from resilient_db.units._database import Database
 
 __all__ = ["INJECTED", "transactional"]
 

@@ -102,7 +102,7 @@ async def _terminate(engine: AsyncEngine, ident: TxnIdentity) -> None:
 
 
 def _transient(exc: BaseException) -> bool:
-    from resilient_db._classify import default_classifier
+    from resilient_db.classify import default_classifier
 
     return default_classifier().classify(exc).retryable
 

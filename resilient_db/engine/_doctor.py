@@ -13,10 +13,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from resilient_db._engine import EngineSettings, create_async_engine, engine_settings
 from resilient_db._errors import ResilientDBError
-from resilient_db._pool_policy import pre_ping_enabled
-from resilient_db._urls import safe_url
+from resilient_db.engine._factory import EngineSettings, create_async_engine, engine_settings
+from resilient_db.engine._pool_policy import pre_ping_enabled
+from resilient_db.engine._urls import safe_url
 
 __all__ = ["DoctorReport", "Finding", "Severity", "doctor"]
 

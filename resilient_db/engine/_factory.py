@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
 
 from resilient_db._errors import ConfigurationError
-from resilient_db._urls import Driver, check_url
+from resilient_db.engine._urls import Driver, check_url
 
 __all__ = ["EngineSettings", "create_async_engine", "default_pool_size", "engine_settings"]
 

@@ -21,20 +21,19 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from resilient_db._breaker import BreakerPermit
-from resilient_db._classify import Classification, ErrorKind, Phase
-from resilient_db._commit import (
+from resilient_db._errors import CommitOutcomeUnknown, ResilientDBError
+from resilient_db.classify import Classification, ErrorKind, Phase
+from resilient_db.engine import WROTE_KEY, server_in_hot_standby, timeline_supported
+from resilient_db.policies import BreakerPermit, RetryDecision, RetryPolicy
+from resilient_db.units._commit import (
     CommitOutcome,
     TxnIdentity,
     capture_identity,
     resolve_commit,
 )
-from resilient_db._errors import CommitOutcomeUnknown, ResilientDBError
-from resilient_db._pool_policy import WROTE_KEY, server_in_hot_standby, timeline_supported
-from resilient_db._retry import RetryDecision, RetryPolicy
 
 if TYPE_CHECKING:
-    from resilient_db._database import Database
+    from resilient_db.units._database import Database
 
 __all__ = ["DeadlineExceeded", "UnitEvent", "UnitListener", "UnitOptions"]
 

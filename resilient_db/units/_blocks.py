@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resilient_db._retry import RetryDecision, RetryLoop, RetryPolicy
-from resilient_db._unit import (
+from resilient_db.policies import RetryDecision, RetryLoop, RetryPolicy
+from resilient_db.units._attempt import (
     DeadlineExceeded,
     UnitOptions,
     _Active,
@@ -24,7 +24,7 @@ from resilient_db._unit import (
 )
 
 if TYPE_CHECKING:
-    from resilient_db._database import Database
+    from resilient_db.units._database import Database
 
 __all__ = ["AttemptBlock", "Attempts", "Transaction"]
 

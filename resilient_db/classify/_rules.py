@@ -2,7 +2,7 @@
 
 Regenerate the docs page after changing a rule::
 
-    python -m resilient_db._rules > docs/classifier-rules.md
+    python -m resilient_db.classify._rules > docs/classifier-rules.md
 
 Order matters: the first matching rule decides. SQLSTATE rules come first (a server answer
 is the most precise fact), then driver and OS exception types, then messages (psycopg's
@@ -17,8 +17,8 @@ import socket
 import ssl
 import sys
 
-from resilient_db._classify import ErrorFacts, ErrorKind, Rule
 from resilient_db._errors import CircuitOpenError, CommitOutcomeUnknown, ConfigurationError
+from resilient_db.classify._classifier import ErrorFacts, ErrorKind, Rule
 
 __all__ = ["DEFAULT_RULES", "render_rules_markdown"]
 
@@ -710,7 +710,7 @@ def render_rules_markdown(rules: tuple[Rule, ...] = DEFAULT_RULES) -> str:
         "# Error classification rules",
         "",
         "<!-- Generated from resilient_db/_rules.py; do not edit by hand. Regenerate with:",
-        "     python -m resilient_db._rules > docs/classifier-rules.md -->",
+        "     python -m resilient_db.classify._rules > docs/classifier-rules.md -->",
         "",
         "`resilient_db.classify(exc, phase=..., in_recovery=..., own_timeout=...)` walks the",
         "exception chain (`.orig`, `__cause__`, then `__context__` if nothing in the explicit",

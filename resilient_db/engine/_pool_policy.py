@@ -28,7 +28,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from resilient_db._classify import default_classifier
+from resilient_db.classify import default_classifier
 
 __all__ = [
     "TIMELINE_SQL",

@@ -52,8 +52,8 @@ from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
 import anyio
 
-from resilient_db._clock import Clock, RandomSource, default_clock, default_random
 from resilient_db._errors import CircuitOpenError, ConfigurationError
+from resilient_db.policies._clock import Clock, RandomSource, default_clock, default_random
 
 __all__ = [
     "BreakerEvent",

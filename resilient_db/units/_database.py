@@ -31,18 +31,19 @@ import anyio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from resilient_db._blocks import Attempts, Transaction
-from resilient_db._breaker import CircuitBreaker
-from resilient_db._budget import RetryBudget
-from resilient_db._classify import Classification, Classifier, default_classifier
-from resilient_db._commit import (
-    CommitOutcome,
-    transaction_status,
-)
 from resilient_db._errors import CircuitOpenError
-from resilient_db._pool_policy import install_pool_policy
-from resilient_db._retry import RetryEvent, RetryHooks, RetryPolicy, RetryStatistics, retry_call
-from resilient_db._unit import (
+from resilient_db.classify import Classification, Classifier, default_classifier
+from resilient_db.engine import install_pool_policy
+from resilient_db.policies import (
+    CircuitBreaker,
+    RetryBudget,
+    RetryEvent,
+    RetryHooks,
+    RetryPolicy,
+    RetryStatistics,
+    retry_call,
+)
+from resilient_db.units._attempt import (
     _DEFAULT,
     DeadlineExceeded,
     UnitEvent,
@@ -51,6 +52,11 @@ from resilient_db._unit import (
     _Attempt,
     _Call,
     _joinable,
+)
+from resilient_db.units._blocks import Attempts, Transaction
+from resilient_db.units._commit import (
+    CommitOutcome,
+    transaction_status,
 )
 
 __all__ = ["Database", "engine_health_check"]

@@ -1,0 +1,42 @@
+"""The policies stage: its internal surface for the stages above it."""
+
+from resilient_db.policies._breaker import (
+    BreakerEvent,
+    BreakerListener,
+    BreakerPermit,
+    BreakerState,
+    BreakerStatistics,
+    CircuitBreaker,
+)
+from resilient_db.policies._budget import BudgetStatistics, RetryBudget
+from resilient_db.policies._retry import (
+    CategoryBackoff,
+    RetryDecision,
+    RetryEvent,
+    RetryHooks,
+    RetryLoop,
+    RetryPolicy,
+    RetryStatistics,
+    retry_call,
+    set_testing,
+)
+
+__all__ = [
+    "BreakerEvent",
+    "BreakerListener",
+    "BreakerPermit",
+    "BreakerState",
+    "BreakerStatistics",
+    "BudgetStatistics",
+    "CategoryBackoff",
+    "CircuitBreaker",
+    "RetryBudget",
+    "RetryDecision",
+    "RetryEvent",
+    "RetryHooks",
+    "RetryLoop",
+    "RetryPolicy",
+    "RetryStatistics",
+    "retry_call",
+    "set_testing",
+]
