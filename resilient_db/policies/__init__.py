@@ -9,6 +9,7 @@ from resilient_db.policies._breaker import (
     CircuitBreaker,
 )
 from resilient_db.policies._budget import BudgetStatistics, RetryBudget
+from resilient_db.policies._clock import Clock, Sleep, default_clock
 from resilient_db.policies._retry import (
     CategoryBackoff,
     RetryDecision,
@@ -30,6 +31,7 @@ __all__ = [
     "BudgetStatistics",
     "CategoryBackoff",
     "CircuitBreaker",
+    "Clock",
     "RetryBudget",
     "RetryDecision",
     "RetryEvent",
@@ -37,6 +39,8 @@ __all__ = [
     "RetryLoop",
     "RetryPolicy",
     "RetryStatistics",
+    "Sleep",
+    "default_clock",
     "retry_call",
     "set_testing",
 ]
