@@ -7,6 +7,7 @@ private and may change without notice.
 from __future__ import annotations
 
 from resilient_db._errors import (
+    AlreadyApplied,
     CircuitOpenError,
     CommitOutcomeUnknown,
     ConfigurationError,
@@ -64,10 +65,14 @@ from resilient_db.units import (
     CommitOutcome,
     Database,
     DeadlineExceeded,
+    KeyRecord,
+    KeyState,
+    Ledger,
     Transaction,
     UnitEvent,
     UnitListener,
     UnitOptions,
+    create_ledger,
     engine_health_check,
     transactional,
 )
@@ -76,6 +81,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "INJECTED",
+    "AlreadyApplied",
     "AttemptBlock",
     "Attempts",
     "BreakerEvent",
@@ -99,6 +105,9 @@ __all__ = [
     "ErrorFacts",
     "ErrorKind",
     "Finding",
+    "KeyRecord",
+    "KeyState",
+    "Ledger",
     "MissingDriverError",
     "Phase",
     "ResilientDBError",
@@ -118,6 +127,7 @@ __all__ = [
     "__version__",
     "classify",
     "create_async_engine",
+    "create_ledger",
     "doctor",
     "engine_health_check",
     "engine_settings",
