@@ -24,11 +24,14 @@ from resilient_db.classify import (
 )
 from resilient_db.engine import (
     DoctorReport,
+    EndpointKey,
     EngineSettings,
     Finding,
     Severity,
     create_async_engine,
     doctor,
+    endpoint_key,
+    engine_health_check,
     engine_settings,
     safe_url,
 )
@@ -68,7 +71,6 @@ from resilient_db.units import (
     UnitEvent,
     UnitListener,
     UnitOptions,
-    engine_health_check,
     transactional,
 )
 
@@ -95,6 +97,7 @@ __all__ = [
     "Database",
     "DeadlineExceeded",
     "DoctorReport",
+    "EndpointKey",
     "EngineSettings",
     "ErrorFacts",
     "ErrorKind",
@@ -119,6 +122,7 @@ __all__ = [
     "classify",
     "create_async_engine",
     "doctor",
+    "endpoint_key",
     "engine_health_check",
     "engine_settings",
     "retry_call",
