@@ -10,6 +10,7 @@ from resilient_db._errors import (
     CircuitOpenError,
     CommitOutcomeUnknown,
     ConfigurationError,
+    ConfigurationTypeError,
     MissingDriverError,
     ResilientDBError,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "CommitOutcome",
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "Database",
     "DeadlineExceeded",
     "DoctorReport",
