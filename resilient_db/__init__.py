@@ -10,6 +10,7 @@ from resilient_db._errors import (
     CircuitOpenError,
     CommitOutcomeUnknown,
     ConfigurationError,
+    ConfigurationTypeError,
     MissingDriverError,
     ResilientDBError,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "CommitOutcome",
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "Database",
     "DeadlineExceeded",
     "DoctorReport",
