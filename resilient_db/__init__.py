@@ -11,6 +11,7 @@ from resilient_db._errors import (
     CircuitOpenError,
     CommitOutcomeUnknown,
     ConfigurationError,
+    ConfigurationTypeError,
     MissingDriverError,
     ResilientDBError,
 )
@@ -25,11 +26,14 @@ from resilient_db.classify import (
 )
 from resilient_db.engine import (
     DoctorReport,
+    EndpointKey,
     EngineSettings,
     Finding,
     Severity,
     create_async_engine,
     doctor,
+    endpoint_key,
+    engine_health_check,
     engine_settings,
     safe_url,
 )
@@ -73,7 +77,6 @@ from resilient_db.units import (
     UnitListener,
     UnitOptions,
     create_ledger,
-    engine_health_check,
     transactional,
 )
 
@@ -98,9 +101,11 @@ __all__ = [
     "CommitOutcome",
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "Database",
     "DeadlineExceeded",
     "DoctorReport",
+    "EndpointKey",
     "EngineSettings",
     "ErrorFacts",
     "ErrorKind",
@@ -129,6 +134,7 @@ __all__ = [
     "create_async_engine",
     "create_ledger",
     "doctor",
+    "endpoint_key",
     "engine_health_check",
     "engine_settings",
     "retry_call",

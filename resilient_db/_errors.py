@@ -16,6 +16,7 @@ __all__ = [
     "CircuitOpenError",
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "MissingDriverError",
     "ResilientDBError",
 ]
@@ -26,7 +27,19 @@ class ResilientDBError(Exception):
 
 
 class ConfigurationError(ResilientDBError, ValueError):
-    """An option or URL is invalid; the message names the option, its range and the fix."""
+    """An option or URL is invalid; the message names the option, its range and the fix.
+
+    Raised by the validators in ``resilient_db._validate``; the message reads
+    ``Owner(name=value) must be <constraint>; fix: <remedy>``.
+    """
+
+
+class ConfigurationTypeError(ConfigurationError, TypeError):
+    """An option has the wrong type, or is not an option at all (a misspelt keyword).
+
+    Also a :class:`TypeError`, which is what Python raises for a wrong or unknown argument,
+    so ``except TypeError`` keeps working.
+    """
 
 
 class MissingDriverError(ResilientDBError, ImportError):
