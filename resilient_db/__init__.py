@@ -7,9 +7,11 @@ private and may change without notice.
 from __future__ import annotations
 
 from resilient_db._errors import (
+    AlreadyApplied,
     CircuitOpenError,
     CommitOutcomeUnknown,
     ConfigurationError,
+    ConfigurationTypeError,
     MissingDriverError,
     ResilientDBError,
 )
@@ -25,11 +27,14 @@ from resilient_db.classify import (
 )
 from resilient_db.engine import (
     DoctorReport,
+    EndpointKey,
     EngineSettings,
     Finding,
     Severity,
     create_async_engine,
     doctor,
+    endpoint_key,
+    engine_health_check,
     engine_settings,
     safe_url,
 )
@@ -65,11 +70,14 @@ from resilient_db.units import (
     CommitOutcome,
     Database,
     DeadlineExceeded,
+    KeyRecord,
+    KeyState,
+    Ledger,
     Transaction,
     UnitEvent,
     UnitListener,
     UnitOptions,
-    engine_health_check,
+    create_ledger,
     transactional,
 )
 
@@ -79,6 +87,7 @@ _install_log_messages()  # readable messages on the "resilient_db" logger (see _
 
 __all__ = [
     "INJECTED",
+    "AlreadyApplied",
     "AttemptBlock",
     "Attempts",
     "BreakerEvent",
@@ -95,13 +104,18 @@ __all__ = [
     "CommitOutcome",
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "Database",
     "DeadlineExceeded",
     "DoctorReport",
+    "EndpointKey",
     "EngineSettings",
     "ErrorFacts",
     "ErrorKind",
     "Finding",
+    "KeyRecord",
+    "KeyState",
+    "Ledger",
     "MissingDriverError",
     "Phase",
     "ResilientDBError",
@@ -121,7 +135,9 @@ __all__ = [
     "__version__",
     "classify",
     "create_async_engine",
+    "create_ledger",
     "doctor",
+    "endpoint_key",
     "engine_health_check",
     "engine_settings",
     "retry_call",

@@ -21,6 +21,14 @@ from enum import StrEnum
 from typing import Final
 
 from resilient_db._errors import ConfigurationError
+from resilient_db._validate import (
+    check_callable,
+    check_number,
+    check_text,
+    check_type,
+    config_error,
+    did_you_mean,
+)
 
 __all__ = [
     "Classification",
@@ -327,65 +335,33 @@ class Rule:
     retry_after: RetryAfter = None
 
     def __post_init__(self) -> None:
-        if not self.name or not isinstance(self.name, str):
-            raise ConfigurationError("Rule(name=...) must be a non-empty string naming the rule")
-        where = f"Rule {self.name!r}"
-        if not isinstance(self.kind, ErrorKind):
-            raise ConfigurationError(
-                f"{where}: kind={self.kind!r} is not an ErrorKind; use ErrorKind.RETRYABLE, "
-                "ErrorKind.FATAL or ErrorKind.COMMIT_UNKNOWN"
-            )
-        if self.at_commit is not None and not isinstance(self.at_commit, ErrorKind):
-            raise ConfigurationError(
-                f"{where}: at_commit={self.at_commit!r} must be an ErrorKind or None"
-            )
-        if not self.category:
-            raise ConfigurationError(f"{where}: category must be a short non-empty name")
+        check_text("Rule", "name", self.name, fix="name the rule, e.g. name='app_transient'")
+        check_type(
+            "Rule",
+            "kind",
+            self.kind,
+            ErrorKind,
+            fix="use ErrorKind.RETRYABLE, ErrorKind.FATAL or ErrorKind.COMMIT_UNKNOWN",
+        )
+        check_type("Rule", "at_commit", self.at_commit, ErrorKind, allow_none=True)
+        check_text("Rule", "category", self.category, fix="name the category, e.g. 'app'")
         if not (self.sqlstates or self.types or self.message or self.predicate or self.phases):
-            raise ConfigurationError(
-                f"{where}: give at least one matcher (sqlstates, types, message, predicate "
-                "or phases); a rule that matches everything would hide every other rule"
+            raise config_error(
+                "Rule",
+                "name",
+                self.name,
+                "a rule with at least one matcher",
+                "give sqlstates, types, message, predicate or phases; a rule that matches "
+                "everything would hide every other rule",
             )
-        sqlstates: object = self.sqlstates
-        if isinstance(sqlstates, str):
-            raise ConfigurationError(
-                f"{where}: sqlstates must be a tuple of codes, e.g. ({sqlstates!r},)"
-            )
-        for code in self.sqlstates:
-            if not isinstance(code, str) or not _SQLSTATE_RE.fullmatch(code):
-                raise ConfigurationError(
-                    f"{where}: sqlstate {code!r} is invalid; use a 5-character code such as "
-                    "'40001' or a 2-character class such as '08' (digits and capitals)"
-                )
-        for t in self.types:
-            if isinstance(t, str):
-                if "." not in t:
-                    raise ConfigurationError(
-                        f"{where}: type name {t!r} must be dotted, e.g. "
-                        "'asyncpg.exceptions.InterfaceError'"
-                    )
-            elif not (isinstance(t, type) and issubclass(t, BaseException)):
-                raise ConfigurationError(
-                    f"{where}: types must be exception classes or dotted names, got {t!r}"
-                )
-        if self.message is not None:
-            try:
-                re.compile(self.message)
-            except re.error as exc:
-                raise ConfigurationError(
-                    f"{where}: message {self.message!r} is not a valid regular expression "
-                    f"({exc}); escape special characters with re.escape()"
-                ) from None
-        if self.phases is not None:
-            bad = [p for p in self.phases if not isinstance(p, Phase)]
-            if bad or not self.phases:
-                raise ConfigurationError(
-                    f"{where}: phases must be a non-empty frozenset of Phase members, "
-                    f"e.g. frozenset({{Phase.COMMIT}}); got {self.phases!r}"
-                )
-        if isinstance(self.retry_after, int | float) and not self.retry_after >= 0:
-            raise ConfigurationError(
-                f"{where}: retry_after={self.retry_after!r} must be >= 0 seconds or None"
+        _check_sqlstates(self.sqlstates)
+        _check_types(self.types)
+        _check_message(self.message)
+        _check_phases(self.phases)
+        check_callable("Rule", "predicate", self.predicate, allow_none=True)
+        if not callable(self.retry_after):
+            check_number(
+                "Rule", "retry_after", self.retry_after, min=0, allow_none=True, unit="seconds"
             )
 
     def describe_match(self) -> str:
@@ -410,6 +386,95 @@ def _type_name(t: type) -> str:
     if t.__module__ == "builtins":
         return t.__qualname__
     return f"{t.__module__}.{t.__qualname__}"
+
+
+def _check_sqlstates(sqlstates: object) -> None:
+    fix = "use 5-character codes such as '40001' or 2-character classes such as '08'"
+    if isinstance(sqlstates, str):
+        raise config_error(
+            "Rule",
+            "sqlstates",
+            sqlstates,
+            "a tuple of codes",
+            f"write ({sqlstates!r},)",
+            wrong_type=True,
+        )
+    if not isinstance(sqlstates, tuple):
+        raise config_error("Rule", "sqlstates", sqlstates, "a tuple of codes", fix, wrong_type=True)
+    for code in sqlstates:
+        if not isinstance(code, str) or not _SQLSTATE_RE.fullmatch(code):
+            raise config_error(
+                "Rule",
+                "sqlstates",
+                sqlstates,
+                f"SQLSTATE codes (digits and capitals; sqlstate {code!r} is invalid)",
+                fix,
+            )
+
+
+def _check_types(types: object) -> None:
+    if not isinstance(types, tuple):
+        raise config_error(
+            "Rule",
+            "types",
+            types,
+            "a tuple of exception classes or dotted names",
+            "write types=(MyError,)",
+            wrong_type=True,
+        )
+    for t in types:
+        if isinstance(t, str):
+            if "." not in t:
+                raise config_error(
+                    "Rule",
+                    "types",
+                    types,
+                    f"dotted names (type name {t!r} must be dotted)",
+                    "write the full name, e.g. 'asyncpg.exceptions.InterfaceError'",
+                )
+        elif not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise config_error(
+                "Rule",
+                "types",
+                types,
+                f"exception classes or dotted names (got {t!r})",
+                "pass exception classes (ValueError) or their dotted names",
+                wrong_type=True,
+            )
+
+
+def _check_message(message: object) -> None:
+    if message is None:
+        return
+    check_text("Rule", "message", message, fix="pass a regular expression as a str, or None")
+    assert isinstance(message, str)
+    try:
+        re.compile(message)
+    except re.error as exc:
+        raise config_error(
+            "Rule",
+            "message",
+            message,
+            f"a regular expression (this is not a valid regular expression: {exc})",
+            "escape special characters with re.escape()",
+        ) from None
+
+
+def _check_phases(phases: object) -> None:
+    if phases is None:
+        return
+    if (
+        not isinstance(phases, frozenset)
+        or not phases
+        or any(not isinstance(p, Phase) for p in phases)
+    ):
+        raise config_error(
+            "Rule",
+            "phases",
+            phases,
+            "a non-empty frozenset of Phase members, or None",
+            "write e.g. frozenset({Phase.COMMIT})",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,11 +505,15 @@ def _coerce_phase(phase: Phase | str | None) -> Phase | None:
     try:
         return _PHASES[phase]
     except (KeyError, TypeError):
-        raise ConfigurationError(
-            f"phase={phase!r} is not a phase; use one of "
-            f"{', '.join(repr(p.value) for p in Phase)} (or a resilient_db.Phase member), "
-            "or None when unknown"
-        ) from None
+        pass
+    best = did_you_mean(phase, [p.value for p in Phase]) if isinstance(phase, str) else None
+    raise config_error(
+        "classify",
+        "phase",
+        phase,
+        f"one of {', '.join(repr(p.value) for p in Phase)}, a resilient_db.Phase member or None",
+        (f"use {best!r}" if best else "pick one of the phases") + " (None when unknown)",
+    )
 
 
 class Classifier:
@@ -467,13 +536,23 @@ class Classifier:
         names: set[str] = set()
         for rule in rules:
             if not isinstance(rule, Rule):
-                raise ConfigurationError(
-                    f"Classifier(rules=...) takes Rule objects, got {type(rule).__name__}"
+                raise config_error(
+                    "Classifier",
+                    "rules",
+                    rules,
+                    f"Rule objects (got a {type(rule).__name__})",
+                    "build each row with resilient_db.Rule(...)",
+                    wrong_type=True,
+                    shown="...",
                 )
             if rule.name in names:
-                raise ConfigurationError(
-                    f"Classifier(rules=...): two rules are named {rule.name!r}; names must be "
-                    "unique (use with_rules() to replace a rule by name)"
+                raise config_error(
+                    "Classifier",
+                    "rules",
+                    rules,
+                    f"rules with unique names (two rules are named {rule.name!r})",
+                    "rename one, or use with_rules() to replace a rule by name",
+                    shown="...",
                 )
             names.add(rule.name)
         self._rules: tuple[Rule, ...] = rules
@@ -504,7 +583,14 @@ class Classifier:
         """
         by_name = {r.name: r for r in rules}
         if len(by_name) != len(rules):
-            raise ConfigurationError("with_rules(): the new rules' names must be unique")
+            raise config_error(
+                "Classifier.with_rules",
+                "rules",
+                rules,
+                "rules with unique names",
+                "pass each rule name once",
+                shown="...",
+            )
         existing = []
         for rule in self._rules:
             existing.append(by_name.pop(rule.name, rule))
@@ -516,9 +602,12 @@ class Classifier:
         known = {r.name for r in self._rules}
         missing = sorted(set(names) - known)
         if missing:
-            raise ConfigurationError(
-                f"without_rules(): no rule named {', '.join(map(repr, missing))}; see "
-                "Classifier().rules for the names"
+            raise config_error(
+                "Classifier.without_rules",
+                "names",
+                names,
+                f"names of existing rules (no rule named {', '.join(map(repr, missing))})",
+                "see [r.name for r in Classifier().rules] for the names",
             )
         return Classifier([r for r in self._rules if r.name not in names])
 
