@@ -86,7 +86,8 @@ async def test_quickstart_runs_as_written(quickstart: dict[str, Any]) -> None:
     accounts = quickstart["Accounts"](db)
     assert await accounts.move(3, 4) == 1001
     async with db.transaction() as session:
-        balances = dict((await session.execute(text("SELECT id, balance FROM account"))).all())
+        rows = (await session.execute(text("SELECT id, balance FROM account"))).all()
+        balances: dict[int, int] = {row[0]: row[1] for row in rows}
         audit = (await session.execute(text("SELECT count(*) FROM audit"))).scalar_one()
     # two transfers of 100 and one block of 5 from 1 to 2; the move of 1 from 3 to 4
     assert balances == {1: 795, 2: 1205, 3: 999, 4: 1001}
