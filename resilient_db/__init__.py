@@ -15,6 +15,7 @@ from resilient_db._errors import (
     ResilientDBError,
 )
 from resilient_db.classify import (
+    Category,
     Classification,
     Classifier,
     ErrorFacts,
@@ -85,6 +86,7 @@ __all__ = [
     "BreakerState",
     "BreakerStatistics",
     "BudgetStatistics",
+    "Category",
     "CategoryBackoff",
     "CircuitBreaker",
     "CircuitOpenError",
