@@ -7,6 +7,7 @@ private and may change without notice.
 from __future__ import annotations
 
 from resilient_db._errors import (
+    AlreadyApplied,
     CircuitOpenError,
     CommitOutcomeUnknown,
     ConfigurationError,
@@ -26,11 +27,14 @@ from resilient_db.classify import (
 )
 from resilient_db.engine import (
     DoctorReport,
+    EndpointKey,
     EngineSettings,
     Finding,
     Severity,
     create_async_engine,
     doctor,
+    endpoint_key,
+    engine_health_check,
     engine_settings,
     safe_url,
 )
@@ -66,11 +70,14 @@ from resilient_db.units import (
     CommitOutcome,
     Database,
     DeadlineExceeded,
+    KeyRecord,
+    KeyState,
+    Ledger,
     Transaction,
     UnitEvent,
     UnitListener,
     UnitOptions,
-    engine_health_check,
+    create_ledger,
     transactional,
 )
 
@@ -78,6 +85,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "INJECTED",
+    "AlreadyApplied",
     "AttemptBlock",
     "Attempts",
     "BreakerEvent",
@@ -99,10 +107,14 @@ __all__ = [
     "Database",
     "DeadlineExceeded",
     "DoctorReport",
+    "EndpointKey",
     "EngineSettings",
     "ErrorFacts",
     "ErrorKind",
     "Finding",
+    "KeyRecord",
+    "KeyState",
+    "Ledger",
     "MissingDriverError",
     "Phase",
     "ResilientDBError",
@@ -122,7 +134,9 @@ __all__ = [
     "__version__",
     "classify",
     "create_async_engine",
+    "create_ledger",
     "doctor",
+    "endpoint_key",
     "engine_health_check",
     "engine_settings",
     "retry_call",
