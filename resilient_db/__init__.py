@@ -17,6 +17,7 @@ from resilient_db._errors import (
 )
 from resilient_db._logging import install as _install_log_messages
 from resilient_db.classify import (
+    Category,
     Classification,
     Classifier,
     ErrorFacts,
@@ -96,6 +97,7 @@ __all__ = [
     "BreakerState",
     "BreakerStatistics",
     "BudgetStatistics",
+    "Category",
     "CategoryBackoff",
     "CircuitBreaker",
     "CircuitOpenError",
