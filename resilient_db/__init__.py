@@ -15,6 +15,7 @@ from resilient_db._errors import (
     MissingDriverError,
     ResilientDBError,
 )
+from resilient_db._logging import install as _install_log_messages
 from resilient_db.classify import (
     Category,
     Classification,
@@ -82,6 +83,8 @@ from resilient_db.units import (
 )
 
 __version__ = "0.1.0"
+
+_install_log_messages()  # readable messages on the "resilient_db" logger (see _logging)
 
 __all__ = [
     "INJECTED",
