@@ -15,7 +15,9 @@ from resilient_db._errors import (
     MissingDriverError,
     ResilientDBError,
 )
+from resilient_db._logging import install as _install_log_messages
 from resilient_db.classify import (
+    Category,
     Classification,
     Classifier,
     ErrorFacts,
@@ -82,6 +84,8 @@ from resilient_db.units import (
 
 __version__ = "0.1.0"
 
+_install_log_messages()  # readable messages on the "resilient_db" logger (see _logging)
+
 __all__ = [
     "INJECTED",
     "AlreadyApplied",
@@ -93,6 +97,7 @@ __all__ = [
     "BreakerState",
     "BreakerStatistics",
     "BudgetStatistics",
+    "Category",
     "CategoryBackoff",
     "CircuitBreaker",
     "CircuitOpenError",
