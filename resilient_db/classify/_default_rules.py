@@ -46,6 +46,12 @@ def _not_own_timeout(facts: ErrorFacts) -> bool:
     return facts.own_timeout is False
 
 
+def _not_own_cancel(facts: ErrorFacts) -> bool:
+    # Our own deadline cancels through the driver, which the server also reports as a
+    # "user request": only a cancel we know is ours stays a (retryable) timeout.
+    return facts.own_timeout is not True
+
+
 def _dns_try_again(facts: ErrorFacts) -> bool:
     exc = facts.find(socket.gaierror)
     return isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN
@@ -276,6 +282,35 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
+        name="statement_timeout",
+        sqlstates=("57014",),
+        message=r"due to statement timeout",
+        kind=R,
+        at_commit=U,
+        category=Category.STATEMENT_TIMEOUT,
+        max_retries=1,
+        reason=(
+            "the server's statement_timeout cancelled the statement; retried at most once "
+            "(a slow plan or a lock wait may pass on a second try, a third would repeat "
+            "it): make the statement faster or raise statement_timeout"
+        ),
+    ),
+    Rule(
+        name="admin_cancel",
+        sqlstates=("57014",),
+        message=r"due to user request",
+        predicate=_not_own_cancel,
+        when="own_timeout is not True",
+        kind=F,
+        at_commit=U,
+        category=Category.ADMIN_CANCEL,
+        reason=(
+            "an administrator or another session cancelled the statement "
+            "(pg_cancel_backend); not retried: the cancel was deliberate, retrying would "
+            "undo it (at COMMIT the outcome is unknown)"
+        ),
+    ),
+    Rule(
         name="query_canceled_by_others",
         sqlstates=("57014",),
         predicate=_not_own_timeout,
@@ -284,9 +319,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         at_commit=U,
         category=Category.TIMEOUT,
         reason=(
-            "the statement was cancelled by a limit or a session that is not ours "
-            "(statement_timeout, pg_cancel_backend); retrying repeats it: raise the limit "
-            "or make the statement faster"
+            "the statement was cancelled by a limit or a session that is not ours; "
+            "retrying repeats it: raise the limit or make the statement faster"
         ),
     ),
     Rule(
@@ -459,7 +493,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         types=(_PSYCOPG_OPERATIONAL,),
         message=(
             r"password authentication failed|authentication failed for user|"
-            r"role \S+ does not exist|no pg_hba\.conf entry|password is required|"
+            r"role \S+ does not exist|no pg_hba\.conf entry|pg_hba\.conf rejects|"
+            r"password is required|"
             r"permission denied for database"
         ),
         kind=F,

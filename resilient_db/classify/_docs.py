@@ -45,13 +45,32 @@ def render_rules_markdown(rules: tuple[Rule, ...] = DEFAULT_RULES) -> str:
         "- An exception group gets the most severe verdict of its members (fatal, then",
         "  commit_unknown, then retryable).",
         "- No rule matches: fatal, category `unknown`, not counted toward the breaker.",
+        "- *Max retries* caps how often one call may retry an error of that rule; the cap",
+        "  travels on the verdict as `Classification.max_retries` for the retry loop.",
+        "",
+        "## Cancelled statements (SQLSTATE 57014)",
+        "",
+        "PostgreSQL sends 57014 for several causes; the message tells them apart:",
+        "",
+        "- `canceling statement due to statement timeout`: the server's `statement_timeout`",
+        "  fired. Retryable **at most once** (category `statement_timeout`, max retries 1): a",
+        "  plan or lock wait that was slow once may pass, a repeat means the statement is too",
+        "  slow for the limit. Not counted toward the breaker (a slow statement is not an",
+        "  unavailable database).",
+        "- `canceling statement due to user request` with `own_timeout` not True: an",
+        "  administrator's or another session's `pg_cancel_backend`. **Fatal** (category",
+        "  `admin_cancel`): the cancel was deliberate and a retry would undo it.",
+        "- Any other 57014: our own deadline (`own_timeout=True`, or unknown) is a retryable",
+        "  `timeout`; someone else's (`own_timeout=False`) is fatal.",
+        "",
+        "## Rules",
         "",
         "Add or override rules with `Classifier().with_rules(Rule(...))` (a rule with the",
         "name of an existing one replaces it) or remove them with `without_rules(name)`.",
         "",
         "| # | Rule | Matches | Kind | At COMMIT | Category | Breaker | Invalidate pool "
-        "| Retry after | Reason |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Retry after | Max retries | Reason |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, rule in enumerate(rules, 1):
         if callable(rule.retry_after):
@@ -64,7 +83,8 @@ def render_rules_markdown(rules: tuple[Rule, ...] = DEFAULT_RULES) -> str:
         lines.append(
             f"| {i} | `{rule.name}` | {_cell(rule.describe_match())} | {rule.kind.value} "
             f"| {at_commit} | {rule.category} | {_flag(rule.counts_toward_breaker)} "
-            f"| {_flag(rule.invalidate_pool)} | {retry_after} | {_cell(rule.reason)} |"
+            f"| {_flag(rule.invalidate_pool)} | {retry_after} "
+            f"| {'' if rule.max_retries is None else rule.max_retries} | {_cell(rule.reason)} |"
         )
     lines.append("")
     return "\n".join(lines)
