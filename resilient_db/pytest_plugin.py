@@ -38,6 +38,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from resilient_db._validate import config_error
+
 if TYPE_CHECKING:
     from resilient_db.toxiproxy import ProxyInfo, ToxicInfo, ToxiproxyClient
 
@@ -237,8 +239,12 @@ def _replace_host(url: str, host: str, port: int) -> str:
 def _upstream_of(url: str) -> str:
     parts = urlsplit(url)
     if not parts.hostname:
-        raise ValueError(
-            f"toxiproxy_postgres needs a URL with a TCP host (got {url!r}); pass upstream="
+        raise config_error(
+            "toxiproxy_postgres",
+            "url",
+            url,
+            "a URL with a TCP host",
+            "pass a host:port URL, or the proxy's target as upstream='host:port'",
         )
     host = parts.hostname
     shown = f"[{host}]" if ":" in host else host

@@ -246,9 +246,7 @@ def _finish(
             )
         )
     except Exception:
-        logger.exception(
-            "retry.hook_failed: on_finish raised", extra={"retry_name": name, "hook": "on_finish"}
-        )
+        logger.exception("retry.hook_failed", extra={"retry_name": name, "hook": "on_finish"})
 
 
 class RetryLoop:
@@ -359,13 +357,7 @@ class RetryLoop:
             f"(stopped by {reason}); {_REMEDY[reason]}"
         )
         logger.warning(
-            "retry.gave_up: %s gave up after %d attempt(s) in %.3fs (stopped by %s, last %s%s)",
-            self.name or "call",
-            attempts,
-            elapsed,
-            reason,
-            type(last).__qualname__,
-            f", {category}" if category else "",
+            "retry.gave_up",
             extra={
                 "retry_name": self.name,
                 "attempts": attempts,
@@ -385,12 +377,7 @@ class RetryLoop:
         attempt = int(rs.attempt_number)
         category = failed.decision.category
         logger.info(
-            "retry.scheduled: %s attempt %d failed (%s%s); retrying in %.3fs",
-            name or "call",
-            attempt,
-            type(last).__qualname__,
-            f", {category}" if category else "",
-            seconds,
+            "retry.scheduled",
             extra={
                 "retry_name": name,
                 "attempt": attempt,
@@ -413,8 +400,7 @@ class RetryLoop:
                 hooks.on_retry(event)
             except Exception:
                 logger.exception(
-                    "retry.hook_failed: on_retry raised",
-                    extra={"retry_name": name, "hook": "on_retry"},
+                    "retry.hook_failed", extra={"retry_name": name, "hook": "on_retry"}
                 )
         run.previous = seconds
         run.total_sleep += seconds

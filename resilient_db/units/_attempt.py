@@ -159,8 +159,7 @@ class Attempt(Generic[T]):
             await session.close()
         except BaseException as exc:
             logger.info(
-                "unit.close_failed: closing after COMMIT raised %s; connection dropped",
-                type(exc).__qualname__,
+                "unit.close_failed",
                 extra={"unit": call.options.name, "error_type": type(exc).__qualname__},
             )
             own = call.own_deadline()

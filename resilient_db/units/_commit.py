@@ -160,16 +160,12 @@ async def _poll(engine: AsyncEngine, ident: TxnIdentity) -> CommitOutcome:
         except Exception as exc:
             if not _transient(exc):
                 logger.warning(
-                    "commit.resolve_failed: xid %s: the server answered but cannot tell (%s)",
-                    ident.xid,
-                    type(exc).__qualname__,
+                    "commit.resolve_failed",
                     extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
                 )
                 return CommitOutcome.UNKNOWN
             logger.info(
-                "commit.resolve_retry: xid %s: server not reachable yet (%s)",
-                ident.xid,
-                type(exc).__qualname__,
+                "commit.resolve_retry",
                 extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
             )
             status = "unreachable"
@@ -179,8 +175,7 @@ async def _poll(engine: AsyncEngine, ident: TxnIdentity) -> CommitOutcome:
             return CommitOutcome.ABORTED
         if status == "other timeline":
             logger.warning(
-                "commit.timeline_changed: xid %s was assigned on another timeline",
-                ident.xid,
+                "commit.timeline_changed",
                 extra={"xid": ident.xid},
             )
             return CommitOutcome.UNKNOWN  # a failover: the number may name another transaction
@@ -192,9 +187,7 @@ async def _poll(engine: AsyncEngine, ident: TxnIdentity) -> CommitOutcome:
                 await _terminate(engine, ident)
             except Exception as exc:
                 logger.info(
-                    "commit.terminate_failed: xid %s (%s)",
-                    ident.xid,
-                    type(exc).__qualname__,
+                    "commit.terminate_failed",
                     extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
                 )
             else:
@@ -277,9 +270,7 @@ async def transaction_status(
             status = await _status(engine, TxnIdentity(xid=xid, backend_pid=0, timeline=timeline))
     except Exception as exc:  # TimeoutError included
         logger.info(
-            "commit.status_failed: xid %s (%s)",
-            xid,
-            type(exc).__qualname__,
+            "commit.status_failed",
             extra={"xid": xid, "error_type": type(exc).__qualname__},
         )
     if status == "committed":

@@ -38,7 +38,7 @@ _WARN = frozenset({"commit.unknown", "unit.deadline_exceeded"})
 
 
 class Reporter:
-    """Logs unit events (a readable message, the data in ``extra``) and tells listeners."""
+    """Logs unit events (the stable name; the data in ``extra``) and tells listeners."""
 
     __slots__ = ("listeners",)
 
@@ -47,21 +47,9 @@ class Reporter:
 
     def emit(self, data: UnitEvent, *, log: bool = True) -> None:
         if log:
-            facts = [f"unit={data.name or '-'}", f"attempt={data.attempt}"]
-            for label, value in (
-                ("category", data.category),
-                ("sqlstate", data.sqlstate),
-                ("xid", data.xid),
-                ("outcome", data.outcome),
-                ("error", data.error_type),
-            ):
-                if value is not None:
-                    facts.append(f"{label}={value}")
             logger.log(
                 logging.WARNING if data.event in _WARN else logging.INFO,
-                "%s: %s",
-                data.event,
-                " ".join(facts),
+                data.event,  # the message is rendered from the data (resilient_db._logging)
                 extra={
                     "unit": data.name,
                     "attempt": data.attempt,

@@ -8,7 +8,6 @@ same task (no retries of their own).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import logging
@@ -21,7 +20,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from resilient_db._errors import ConfigurationError, ResilientDBError
+from resilient_db._errors import ResilientDBError
+from resilient_db._validate import check_callable, check_type, config_error, unknown_option
 from resilient_db.classify import Classifier, default_classifier
 from resilient_db.engine import install_pool_policy
 from resilient_db.policies import CircuitBreaker, Clock, RetryBudget, RetryPolicy, default_clock
@@ -81,11 +81,7 @@ def _did_you_mean(init: F) -> F:
     @functools.wraps(init)
     def checked(self: Any, *args: Any, **kwargs: Any) -> None:
         for option in kwargs.keys() - set(known):
-            close = difflib.get_close_matches(option, known, n=1)
-            hint = f"did you mean {close[0]}=...?" if close else "options are " + ", ".join(known)
-            raise ConfigurationError(
-                f"`Database({option}={kwargs[option]!r})` is not an option; fix: {hint}"
-            )
+            raise unknown_option("Database", option, [k for k in known if k != "engine"])
         init(self, *args, **kwargs)
 
     return checked  # type: ignore[return-value]
@@ -96,26 +92,36 @@ def _session_factory(engine: AsyncEngine, options: object) -> Callable[[], Async
     if options is None:
         options = {}
     if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
-        raise ConfigurationError(
-            f"`Database(session_options={options!r})` must be a dict of AsyncSession "
-            "keyword arguments; fix: e.g. session_options={'autoflush': False}"
+        raise config_error(
+            "Database",
+            "session_options",
+            options,
+            "a dict of AsyncSession keyword arguments",
+            "e.g. session_options={'autoflush': False}",
+            wrong_type=True,
         )
     merged = {"expire_on_commit": False, **options}
     if "bind" in merged or "binds" in merged:
-        raise ConfigurationError(
-            "`Database(session_options=...)` must not set bind/binds: the session is bound "
-            "to the Database's engine; fix: pass that engine as Database(engine)"
+        raise config_error(
+            "Database",
+            "session_options",
+            dict(options),
+            "free of bind/binds (the session is bound to the Database's engine)",
+            "pass that engine as Database(engine)",
         )
+    known = [p for p in inspect.signature(AsyncSession.sync_session_class).parameters if p]
+    for option in merged:
+        if option not in known and option != "sync_session_class":
+            raise unknown_option("Database(session_options=...) -> AsyncSession", option, known)
     try:
         AsyncSession(engine, **merged).sync_session.close()
-    except TypeError as exc:
-        known = list(inspect.signature(AsyncSession.sync_session_class).parameters)
-        bad = [k for k in merged if k not in known]
-        close = difflib.get_close_matches(bad[0], known, n=1) if bad else []
-        raise ConfigurationError(
-            f"`Database(session_options={dict(options)!r})` is not accepted by AsyncSession "
-            f"({exc}); fix: "
-            + (f"did you mean {close[0]!r}?" if close else "see sqlalchemy.orm.Session()")
+    except (TypeError, ValueError) as exc:
+        raise config_error(
+            "Database",
+            "session_options",
+            dict(options),
+            f"accepted by AsyncSession ({exc})",
+            "see sqlalchemy.orm.Session() for its options",
         ) from None
     return functools.partial(AsyncSession, engine, **merged)
 
@@ -154,11 +160,14 @@ class Database:
         session_options: dict[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
-            raise ConfigurationError(
-                f"`Database(engine={engine!r})` must be a SQLAlchemy AsyncEngine; fix: "
-                "create one with resilient_db.create_async_engine(url)"
-            )
+        check_type(
+            "Database",
+            "engine",
+            engine,
+            AsyncEngine,
+            what="a SQLAlchemy AsyncEngine (Database() needs a SQLAlchemy AsyncEngine)",
+            fix="create one with resilient_db.create_async_engine(url)",
+        )
         for option, value in (
             ("allowance", allowance),
             ("resolve_timeout", resolve_timeout),
@@ -172,23 +181,41 @@ class Database:
             ("classifier", classifier, Classifier, "Classifier().with_rules(...)"),
         )
         for option, given, kind, hint in checks:
-            if given is not None and given is not _DEFAULT and not isinstance(given, kind):
-                raise ConfigurationError(
-                    f"`Database({option}={given!r})` must be a {kind.__name__} or None; "
-                    f"fix: pass e.g. {hint}"
+            if given is not _DEFAULT:
+                check_type(
+                    "Database",
+                    option,
+                    given,
+                    kind,
+                    allow_none=True,
+                    what=f"a {kind.__name__} or None",
+                    fix=f"pass e.g. {hint}",
                 )
         if not all(callable(listener) for listener in listeners):
-            raise ConfigurationError(
-                f"`Database(listeners={list(listeners)!r})` must be callables taking a "
-                "UnitEvent; fix: e.g. listeners=[events.append]"
+            raise config_error(
+                "Database",
+                "listeners",
+                list(listeners),
+                "callables taking a UnitEvent",
+                "e.g. listeners=[events.append]",
+                wrong_type=True,
             )
-        for option, flag in (("idempotent", idempotent), ("read_only", read_only)):
+        for option, flag in (
+            ("idempotent", idempotent),
+            ("read_only", read_only),
+            ("wait_for_breaker", wait_for_breaker),
+        ):
             _flag("Database", option, flag)
-        if clock is not None and not callable(clock):
-            raise ConfigurationError(
-                f"`Database(clock={clock!r})` must be a callable returning seconds; "
-                "fix: pass time.monotonic or a fake clock"
-            )
+        _seconds(
+            "Database",
+            "deadline",
+            deadline,
+            none_ok=True,
+            fix="give seconds such as deadline=30.0, or None for no deadline",
+        )
+        check_callable(
+            "Database", "clock", clock, allow_none=True, fix="pass time.monotonic or a fake clock"
+        )
         policy = retry if retry is not None else RetryPolicy(deadline=None)
         clock = clock if clock is not None else policy.clock
         if policy.clock is not clock:
@@ -296,9 +323,13 @@ class Database:
         number to another transaction, and the answer is then ``unknown``.
         """
         if isinstance(xid, bool) or not isinstance(xid, int) or xid < 0:
-            raise ConfigurationError(
-                f"`Database.commit_status(xid={xid!r})` must be a non-negative int (a "
-                "transaction id); fix: pass CommitOutcomeUnknown.xid"
+            raise config_error(
+                "Database.commit_status",
+                "xid",
+                xid,
+                "a non-negative int (a transaction id)",
+                "pass CommitOutcomeUnknown.xid",
+                wrong_type=not isinstance(xid, int) or isinstance(xid, bool),
             )
         _seconds("Database.commit_status", "timeout", timeout, none_ok=False, fix="timeout=5.0")
         known = self._ctx.resolutions.lookup(xid, timeline)
@@ -442,8 +473,13 @@ class Database:
 def _awaited(fn: object, result: Awaitable[T]) -> Awaitable[T]:
     if not hasattr(result, "__await__"):
         name = getattr(fn, "__qualname__", repr(fn))
-        raise ConfigurationError(
-            f"`Database.run(fn={name})` needs an async function, but calling it returned "
-            f"{type(result).__name__}; fix: declare it 'async def {name}(session, ...)'"
+        raise config_error(
+            "Database.run",
+            "fn",
+            fn,
+            f"an async function (Database.run() needs an async function; calling it returned "
+            f"{type(result).__name__})",
+            f"declare it 'async def {name}(session, ...)'",
+            wrong_type=True,
         )
     return result

@@ -29,7 +29,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
-from resilient_db._errors import ConfigurationError
+from resilient_db._errors import ConfigurationTypeError
+from resilient_db._validate import config_error
 from resilient_db.policies import RetryPolicy
 from resilient_db.units._context import joinable
 from resilient_db.units._database import Database
@@ -62,15 +63,19 @@ def _find_database(source: DatabaseSource | None, args: tuple[Any, ...], fn: Any
         given: object = source if isinstance(source, Database) else source()
         if isinstance(given, Database):
             return given
-        raise ConfigurationError(
-            f"`@transactional(database=...)` on {fn.__qualname__} must give a Database, got "
-            f"{type(given).__name__}; fix: database=lambda: app.database"
+        raise config_error(
+            f"transactional[{fn.__qualname__}]",
+            "database",
+            given,
+            "a Database (@transactional(database=...) must give a Database)",
+            "database=lambda: app.database",
+            wrong_type=True,
         )
     if args:
         found: object = getattr(args[0], "database", None)
         if isinstance(found, Database):
             return found
-    raise ConfigurationError(
+    raise ConfigurationTypeError(
         f"@transactional could not find a Database for {fn.__qualname__}(): give the instance a "
         "'database' attribute (self.database = Database(engine)), or decorate with "
         "@transactional(database=lambda: app.database)"
@@ -88,9 +93,14 @@ def _check_session_parameter(func: Callable[..., Any]) -> None:
         return
     if session is None and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    raise ConfigurationError(
-        f"@transactional on {func.__qualname__}() needs a 'session' parameter to inject the "
-        "unit's session into; fix: add '*, session: AsyncSession = INJECTED'"
+    raise config_error(
+        "transactional",
+        "fn",
+        func,
+        f"a function with a 'session' parameter ({func.__qualname__}() has none to inject "
+        "the unit's session into)",
+        "add '*, session: AsyncSession = INJECTED'",
+        wrong_type=True,
     )
 
 
@@ -137,16 +147,25 @@ def transactional(
     }
     UnitOptions(**given)
     if database is not None and not (isinstance(database, Database) or callable(database)):
-        raise ConfigurationError(
-            f"`@transactional(database={database!r})` must be a Database or a zero-argument "
-            "callable returning one; fix: database=lambda: app.database"
+        raise config_error(
+            "transactional",
+            "database",
+            database,
+            "a Database or a zero-argument callable returning one "
+            "(@transactional(database=...) must be a Database)",
+            "database=lambda: app.database",
+            wrong_type=True,
         )
 
     def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         if not inspect.iscoroutinefunction(func):
-            raise ConfigurationError(
-                f"@transactional needs an async function, got {func!r}; "
-                "fix: declare it with 'async def'"
+            raise config_error(
+                "transactional",
+                "fn",
+                func,
+                "an async function (@transactional needs an async function)",
+                "declare it with 'async def'",
+                wrong_type=True,
             )
         _check_session_parameter(func)
         unit_name = name or func.__qualname__

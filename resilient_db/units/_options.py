@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from resilient_db._errors import ConfigurationError, ResilientDBError
+from resilient_db._errors import ResilientDBError
+from resilient_db._validate import check_bool, check_number, check_text, check_type
 from resilient_db.policies import RetryPolicy
 
 __all__ = [
@@ -26,26 +26,13 @@ DEFAULT_ALLOWANCE = 0.25
 
 
 def _seconds(owner: str, option: str, value: object, *, none_ok: bool, fix: str) -> None:
-    if value is None and none_ok:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        extra = " (or None)" if none_ok else ""
-        raise ConfigurationError(
-            f"`{owner}({option}={value!r})` must be a finite number of seconds > 0{extra}; "
-            f"fix: {fix}"
-        )
+    check_number(
+        owner, option, value, min=0, min_open=True, allow_none=none_ok, unit="seconds", fix=fix
+    )
 
 
 def _flag(owner: str, option: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ConfigurationError(
-            f"`{owner}({option}={value!r})` must be True or False; fix: pass {option}=True"
-        )
+    check_bool(owner, option, value)
 
 
 class DeadlineExceeded(ResilientDBError, TimeoutError):
@@ -95,15 +82,17 @@ class UnitOptions:
         )
         for option in ("idempotent", "read_only", "wait_for_breaker"):
             _flag("UnitOptions", option, getattr(self, option))
-        if self.retry is not None and not isinstance(self.retry, RetryPolicy):
-            raise ConfigurationError(
-                f"`UnitOptions(retry={self.retry!r})` must be a RetryPolicy or None; "
-                "fix: pass e.g. retry=RetryPolicy(attempts=5)"
-            )
-        if self.name is not None and not isinstance(self.name, str):
-            raise ConfigurationError(
-                f"`UnitOptions(name={self.name!r})` must be a str or None; fix: name='transfer'"
-            )
+        check_type(
+            "UnitOptions",
+            "retry",
+            self.retry,
+            RetryPolicy,
+            allow_none=True,
+            what="a RetryPolicy or None",
+            fix="pass e.g. retry=RetryPolicy(attempts=5)",
+        )
+        if self.name is not None:
+            check_text("UnitOptions", "name", self.name, fix="name it, e.g. name='transfer'")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
