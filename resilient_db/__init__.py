@@ -7,13 +7,17 @@ private and may change without notice.
 from __future__ import annotations
 
 from resilient_db._errors import (
+    AlreadyApplied,
     CircuitOpenError,
     CommitOutcomeUnknown,
     ConfigurationError,
+    ConfigurationTypeError,
     MissingDriverError,
     ResilientDBError,
 )
+from resilient_db._logging import install as _install_log_messages
 from resilient_db.classify import (
+    Category,
     Classification,
     Classifier,
     ErrorFacts,
@@ -24,11 +28,14 @@ from resilient_db.classify import (
 )
 from resilient_db.engine import (
     DoctorReport,
+    EndpointKey,
     EngineSettings,
     Finding,
     Severity,
     create_async_engine,
     doctor,
+    endpoint_key,
+    engine_health_check,
     engine_settings,
     safe_url,
 )
@@ -64,18 +71,24 @@ from resilient_db.units import (
     CommitOutcome,
     Database,
     DeadlineExceeded,
+    KeyRecord,
+    KeyState,
+    Ledger,
     Transaction,
     UnitEvent,
     UnitListener,
     UnitOptions,
-    engine_health_check,
+    create_ledger,
     transactional,
 )
 
 __version__ = "0.1.0"
 
+_install_log_messages()  # readable messages on the "resilient_db" logger (see _logging)
+
 __all__ = [
     "INJECTED",
+    "AlreadyApplied",
     "AttemptBlock",
     "Attempts",
     "BreakerEvent",
@@ -84,6 +97,7 @@ __all__ = [
     "BreakerState",
     "BreakerStatistics",
     "BudgetStatistics",
+    "Category",
     "CategoryBackoff",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -92,13 +106,18 @@ __all__ = [
     "CommitOutcome",
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "Database",
     "DeadlineExceeded",
     "DoctorReport",
+    "EndpointKey",
     "EngineSettings",
     "ErrorFacts",
     "ErrorKind",
     "Finding",
+    "KeyRecord",
+    "KeyState",
+    "Ledger",
     "MissingDriverError",
     "Phase",
     "ResilientDBError",
@@ -118,7 +137,9 @@ __all__ = [
     "__version__",
     "classify",
     "create_async_engine",
+    "create_ledger",
     "doctor",
+    "endpoint_key",
     "engine_health_check",
     "engine_settings",
     "retry_call",

@@ -2,6 +2,7 @@
 
 from resilient_db.engine._doctor import DoctorReport, Finding, Severity, doctor
 from resilient_db.engine._factory import EngineSettings, create_async_engine, engine_settings
+from resilient_db.engine._health import EndpointKey, endpoint_key, engine_health_check
 from resilient_db.engine._pool_policy import (
     WROTE_KEY,
     install_pool_policy,
@@ -13,11 +14,14 @@ from resilient_db.engine._urls import safe_url
 __all__ = [
     "WROTE_KEY",
     "DoctorReport",
+    "EndpointKey",
     "EngineSettings",
     "Finding",
     "Severity",
     "create_async_engine",
     "doctor",
+    "endpoint_key",
+    "engine_health_check",
     "engine_settings",
     "install_pool_policy",
     "safe_url",

@@ -33,7 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from resilient_db._errors import ResilientDBError
+from resilient_db._errors import ConfigurationError, ResilientDBError
+from resilient_db._validate import check_choice, check_int
 
 if TYPE_CHECKING:
     import psycopg
@@ -98,6 +99,18 @@ class PgClusterError(ResilientDBError):
 
     The message says what was attempted and ends with the tail of the server log.
     """
+
+
+class PgClusterConfigError(PgClusterError, ConfigurationError):
+    """A bad argument to a :class:`PgCluster` method (``Owner(name=value) must be ...``)."""
+
+
+def _checked(check: Callable[[], object]) -> None:
+    """Run a ``resilient_db._validate`` check; its error becomes a PgClusterConfigError."""
+    try:
+        check()
+    except ConfigurationError as exc:
+        raise PgClusterConfigError(str(exc)) from None
 
 
 def find_pg_bindir(version: int | None = None) -> str:
@@ -441,8 +454,11 @@ class PgCluster:
         ``$RESILIENT_DB_CLUSTER_DIR``, else ``/dev/shm`` if it has >= 1 GiB free, else the
         system temporary directory); it must be traversable by the ``postgres`` user.
         """
-        if port is not None and not 1024 <= port <= 65535:
-            raise PgClusterError(f"port={port} is out of range: use 1024..65535 or None")
+        if port is not None:
+            fix = "use a port in 1024..65535, or None for a free one"
+            _checked(
+                lambda: check_int("PgCluster.create", "port", port, min=1024, max=65535, fix=fix)
+            )
         bindir = bindir or find_pg_bindir()
         root = Path(tempfile.mkdtemp(prefix="rdb-pg-", dir=base_dir or _default_base_dir()))
         try:
@@ -582,8 +598,7 @@ class PgCluster:
         self, driver: Literal["asyncpg", "psycopg"] = "asyncpg", database: str = "postgres"
     ) -> str:
         """SQLAlchemy URL, e.g. ``postgresql+asyncpg://postgres@127.0.0.1:<port>/postgres``."""
-        if driver not in ("asyncpg", "psycopg"):
-            raise PgClusterError(f"driver={driver!r} is not supported: use 'asyncpg' or 'psycopg'")
+        _checked(lambda: check_choice("PgCluster.url", "driver", driver, ("asyncpg", "psycopg")))
         return f"postgresql+{driver}://{_SERVER_USER}@127.0.0.1:{self._port}/{database}"
 
     @property
@@ -646,10 +661,9 @@ class PgCluster:
         (clients lose the connection; the next start runs crash recovery). Stopping a stopped
         cluster does nothing.
         """
-        if mode not in ("smart", "fast", "immediate"):
-            raise PgClusterError(
-                f"mode={mode!r} is not a pg_ctl shutdown mode: use 'smart', 'fast' or 'immediate'"
-            )
+        _checked(
+            lambda: check_choice("PgCluster.stop", "mode", mode, ("smart", "fast", "immediate"))
+        )
         pid = self.pid
         if pid is None:
             return

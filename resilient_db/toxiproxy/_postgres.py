@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from resilient_db._errors import ConfigurationError
+from resilient_db._validate import config_error
 from resilient_db.toxiproxy._base import ProxyInfo, ToxicInfo, ToxiproxyAPIError
 from resilient_db.toxiproxy._client import ToxiproxyClient
 
@@ -220,8 +220,12 @@ def _replace_host(url: str, host: str, port: int) -> str:
 def _upstream_of(url: str) -> str:
     parts = urlsplit(url)
     if not parts.hostname:
-        raise ConfigurationError(
-            f"toxiproxy_postgres needs a URL with a TCP host (got {url!r}); pass upstream="
+        raise config_error(
+            "toxiproxy_postgres",
+            "url",
+            url,
+            "a URL with a TCP host",
+            "pass a host:port URL, or the proxy's target as upstream='host:port'",
         )
     host = parts.hostname
     shown = f"[{host}]" if ":" in host else host
