@@ -154,7 +154,7 @@ class _EventCounter(logging.Handler):
         self.counts: Counter[str] = Counter()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.counts[record.getMessage()] += 1
+        self.counts[getattr(record, "event", record.getMessage())] += 1
 
 
 class Environment:

@@ -7,6 +7,7 @@ private and may change without notice.
 from __future__ import annotations
 
 from resilient_db._errors import (
+    AlreadyApplied,
     CircuitOpenError,
     CommitOutcomeUnknown,
     ConfigurationError,
@@ -14,7 +15,9 @@ from resilient_db._errors import (
     MissingDriverError,
     ResilientDBError,
 )
+from resilient_db._logging import install as _install_log_messages
 from resilient_db.classify import (
+    Category,
     Classification,
     Classifier,
     ErrorFacts,
@@ -71,17 +74,24 @@ from resilient_db.units import (
     CommitOutcome,
     Database,
     DeadlineExceeded,
+    KeyRecord,
+    KeyState,
+    Ledger,
     Transaction,
     UnitEvent,
     UnitListener,
     UnitOptions,
+    create_ledger,
     transactional,
 )
 
 __version__ = "0.1.0"
 
+_install_log_messages()  # readable messages on the "resilient_db" logger (see _logging)
+
 __all__ = [
     "INJECTED",
+    "AlreadyApplied",
     "AttemptBlock",
     "Attempts",
     "BreakerEvent",
@@ -91,6 +101,7 @@ __all__ = [
     "BreakerStatistics",
     "BreakerStore",
     "BudgetStatistics",
+    "Category",
     "CategoryBackoff",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -109,6 +120,9 @@ __all__ = [
     "ErrorKind",
     "Finding",
     "FleetDecision",
+    "KeyRecord",
+    "KeyState",
+    "Ledger",
     "LocalBreakerStore",
     "MissingDriverError",
     "Phase",
@@ -129,6 +143,7 @@ __all__ = [
     "__version__",
     "classify",
     "create_async_engine",
+    "create_ledger",
     "doctor",
     "endpoint_key",
     "engine_health_check",

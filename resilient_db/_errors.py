@@ -8,7 +8,11 @@ outcome, a misconfiguration.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 __all__ = [
+    "AlreadyApplied",
     "CircuitOpenError",
     "CommitOutcomeUnknown",
     "ConfigurationError",
@@ -80,9 +84,63 @@ class CommitOutcomeUnknown(ResilientDBError):
     """
 
     def __init__(
-        self, message: str, *, xid: int | None, attempts: int = 1, timeline: str | None = None
+        self,
+        message: str,
+        *,
+        xid: int | None,
+        attempts: int = 1,
+        timeline: str | None = None,
+        key: str | None = None,
     ) -> None:
         self.xid = xid
         self.attempts = attempts
         self.timeline = timeline
+        #: The unit's operation key, when it had one (look it up once a primary answers).
+        self.key = key
         super().__init__(message)
+
+
+class AlreadyApplied(ResilientDBError):
+    """The unit's operation ``key`` is in the ledger: an earlier call applied the operation,
+    so this call did not apply it again (its transaction was rolled back).
+
+    Raised instead of returning the earlier result when none was stored (storing disabled,
+    or the result was not JSON-serialisable). ``recorded_at`` is when the earlier call
+    committed; ``result`` is set only when ``has_result``.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        recorded_at: datetime | None = None,
+        has_result: bool = False,
+        result: Any = None,
+    ) -> None:
+        self.key = key
+        self.recorded_at = recorded_at
+        self.has_result = has_result
+        self.result = result
+        super().__init__(key)
+
+    def __str__(self) -> str:
+        when = f" at {self.recorded_at.isoformat()}" if self.recorded_at is not None else ""
+        text = (
+            f"operation key {self.key!r} was already applied{when}; this call did not apply "
+            "it again"
+        )
+        if self.has_result:
+            return f"{text} (the earlier result is in .result)"
+        return (
+            f"{text}. No result of the earlier call is stored (enable store_results and "
+            "return JSON-serialisable values to get it back instead of this error)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_already_applied, (self.key, self.recorded_at, self.has_result, self.result))
+
+
+def _already_applied(
+    key: str, recorded_at: datetime | None, has_result: bool, result: Any
+) -> AlreadyApplied:
+    return AlreadyApplied(key, recorded_at=recorded_at, has_result=has_result, result=result)

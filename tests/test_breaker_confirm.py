@@ -71,7 +71,7 @@ async def test_refused_server_opens_within_milliseconds() -> None:
 
 
 async def test_black_holed_server_opens_after_confirm_timeout() -> None:
-    b, events = make(black_hole, confirm_timeout=0.2)
+    b, _ = make(black_hole, confirm_timeout=0.2)
     with anyio.fail_after(5):
         started = time.monotonic()
         await fail(b, 3)
@@ -118,7 +118,7 @@ async def test_lost_connections_never_open_an_unconfirmed_breaker() -> None:
 
 
 async def test_lost_connections_count_when_the_server_can_confirm() -> None:
-    b, events = make(refused)
+    b, _events = make(refused)
     with anyio.fail_after(5):
         await fail(b, 3, accepted=True)
         await b.wait_probe()

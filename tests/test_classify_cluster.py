@@ -113,6 +113,49 @@ async def test_wrong_password(driver: str, pair: ClusterPair, password_user: str
         assert c.sqlstate == "28P01"
 
 
+@pytest.fixture(scope="module")
+def rejected_user(pair: ClusterPair) -> str:
+    """A role that a ``reject`` line of pg_hba.conf turns away on the private primary."""
+    primary = pair.primary
+    primary.execute("CREATE ROLE clf_rejected LOGIN")
+    hba = primary.datadir / "pg_hba.conf"
+    rules = hba.read_text(encoding="utf-8")
+    with open(hba, "w", encoding="utf-8") as fh:  # rewrite in place: owner unchanged
+        fh.write("host all clf_rejected 127.0.0.1/32 reject\n" + rules)
+    primary.execute("SELECT pg_reload_conf()")
+    return "clf_rejected"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_pg_hba_rejection_is_fatal_config(
+    driver: str, pair: ClusterPair, rejected_user: str
+) -> None:
+    dsn = pair.primary.dsn.replace("postgres@", f"{rejected_user}@", 1)
+
+    async def attempt() -> BaseException | None:
+        try:
+            conn = await connect(driver, dsn)
+        except Exception as exc:
+            return exc
+        await conn.close()  # the reload has not reached the postmaster yet
+        return None
+
+    # pg_reload_conf() is asynchronous: poll (bounded) until the reject rule is in force.
+    async with asyncio.timeout(10):
+        while True:
+            exc = await attempt()
+            if exc is not None:
+                break
+            await asyncio.sleep(0.05)  # poll (bounded by the timeout above)
+    assert "pg_hba.conf rejects connection" in str(exc)
+    c = classify(exc, phase="connect")
+    check(c, ErrorKind.FATAL, "config", breaker=True, invalidate=False)
+    if driver == "sa_psycopg":  # psycopg's connect errors carry no SQLSTATE: the message
+        assert (c.sqlstate, c.rule) == (None, "psycopg_authentication")
+    else:
+        assert (c.sqlstate, c.rule) == ("28000", "authentication")
+
+
 @pytest.mark.parametrize("fault", ["crash", "immediate"])
 @pytest.mark.parametrize("driver", DRIVERS)
 async def test_crash_or_immediate_shutdown_mid_query(

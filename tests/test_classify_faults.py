@@ -19,7 +19,7 @@ import sqlalchemy.exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
-from resilient_db import Classification, ErrorKind, Phase, classify
+from resilient_db import Category, Classification, ErrorKind, Phase, classify
 
 DRIVERS = ("asyncpg", "sa_asyncpg", "sa_psycopg")
 WAIT = 20.0  # bound on every wait in this module
@@ -467,16 +467,36 @@ async def test_lock_timeout(driver: str, pg_dsn: str, admin: Any, tables: None) 
 # --------------------------------------------------------------------------- timeouts
 
 
-async def test_statement_timeout_depends_on_whose_timeout(driver: str, pg_dsn: str) -> None:
+async def test_statement_timeout_is_retryable_at_most_once(driver: str, pg_dsn: str) -> None:
     async with connected(driver, pg_dsn) as conn:
         await conn.begin()
         await conn.execute("SET LOCAL statement_timeout = '100ms'")
         exc = await raised(conn.execute("SELECT pg_sleep(10)"))
     c = classify(exc, phase="statement")
-    check(c, ErrorKind.RETRYABLE, "timeout", breaker=True, sqlstate="57014")
+    check(c, ErrorKind.RETRYABLE, "statement_timeout", breaker=False, sqlstate="57014")
+    assert c.category is Category.STATEMENT_TIMEOUT
+    assert (c.rule, c.max_retries) == ("statement_timeout", 1)
+    # The server's limit fired, whoever else was waiting: the same verdict either way.
     assert classify(exc, phase="statement", own_timeout=True) == c
-    theirs = classify(exc, phase="statement", own_timeout=False)
-    check(theirs, ErrorKind.FATAL, "timeout", breaker=False, sqlstate="57014")
+    assert classify(exc, phase="statement", own_timeout=False) == c
+    assert classify(exc, phase="commit").kind is ErrorKind.COMMIT_UNKNOWN
+
+
+async def test_admin_cancel_is_fatal(driver: str, pg_dsn: str, admin: Any) -> None:
+    mon = await admin()
+    async with connected(driver, pg_dsn) as conn:
+        query = asyncio.ensure_future(conn.execute("SELECT pg_sleep(10)"))
+        await wait_active(mon, conn.pid)
+        assert await mon.fetchval("SELECT pg_cancel_backend($1)", conn.pid) is True
+        exc = await raised(query)
+    c = classify(exc, phase="statement")
+    check(c, ErrorKind.FATAL, "admin_cancel", breaker=False, invalidate=False, sqlstate="57014")
+    assert (c.rule, c.max_retries) == ("admin_cancel", None)
+    assert classify(exc, phase="statement", own_timeout=False) == c
+    # A cancel our own deadline sent reads the same on the wire: then it is our timeout.
+    ours = classify(exc, phase="statement", own_timeout=True)
+    check(ours, ErrorKind.RETRYABLE, "timeout", breaker=True, sqlstate="57014")
+    assert classify(exc, phase="commit").kind is ErrorKind.COMMIT_UNKNOWN
 
 
 async def test_client_command_timeout(driver: str, pg_dsn: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 import resilient_db
 from resilient_db import (
+    Category,
     CircuitOpenError,
     Classification,
     Classifier,
@@ -27,7 +28,8 @@ from resilient_db import (
     Rule,
     classify,
 )
-from resilient_db.classify._rules import DEFAULT_RULES, render_rules_markdown
+from resilient_db.classify._default_rules import DEFAULT_RULES
+from resilient_db.classify._docs import render_rules_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "classifier-rules.md"
@@ -36,13 +38,13 @@ DOC = ROOT / "docs" / "classifier-rules.md"
 def test_docs_table_matches_the_code() -> None:
     assert DOC.read_text(encoding="utf-8") == render_rules_markdown(), (
         "docs/classifier-rules.md is stale; regenerate it with "
-        "`python -m resilient_db.classify._rules > docs/classifier-rules.md`"
+        "`python -m resilient_db.classify._docs > docs/classifier-rules.md`"
     )
 
 
 def test_regeneration_command_prints_the_doc_without_warnings() -> None:
     out = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "resilient_db.classify._rules"],
+        [sys.executable, "-W", "error", "-m", "resilient_db.classify._docs"],
         check=True,
         capture_output=True,
         text=True,
@@ -362,3 +364,25 @@ def test_is_cheap() -> None:
     for _ in range(2000):
         classify(exc, phase="statement")
     assert (time.perf_counter() - start) / 2000 < 50e-6
+
+
+# -- categories ---------------------------------------------------------------------------
+
+
+def test_category_is_one_str_enum_shared_by_rules_and_verdicts() -> None:
+    assert resilient_db.Category is Category
+    assert "Category" in resilient_db.__all__
+    as_text: str = Category.TIMEOUT
+    assert as_text == "timeout"
+    for rule in DEFAULT_RULES:
+        assert isinstance(rule.category, Category), rule.name
+    c = classify(ConnectionResetError(104, "reset"))
+    assert c.category is Category.CONNECTION_LOST
+    assert f"{c.category}" == "connection_lost"
+    assert classify(ValueError()).category is Category.UNKNOWN
+    # A string naming a member becomes the member; other strings stay user categories.
+    named = Rule(name="n", types=(ValueError,), kind=ErrorKind.FATAL, category="data", reason="r")
+    assert named.category is Category.DATA
+    own = Rule(name="o", types=(ValueError,), kind=ErrorKind.FATAL, category="mine", reason="r")
+    assert own.category == "mine"
+    assert not isinstance(own.category, Category)

@@ -11,7 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resilient_db import Database, RetryPolicy, create_async_engine
+from resilient_db import CircuitBreaker, Database, RetryPolicy, create_async_engine
+from resilient_db._logging import EventMessageFilter, install, render
 
 SECRET = "s3cr3t-" + secrets.token_hex(4)
 
@@ -60,11 +61,59 @@ async def test_retry_and_failure_logs_hold_no_parameters_or_passwords(
             await conn.execute(text(f"DROP FUNCTION {fn}(text)"))
         await engine.dispose()
     ours = [r for r in caplog.records if r.name == "resilient_db"]
-    events = [r.getMessage() for r in ours]
+    events = [r.__dict__.get("event") for r in ours]
     assert "retry.scheduled" in events
     assert "retry.gave_up" in events
     assert "unit.attempt_failed" in events
-    failed = next(r for r in ours if r.getMessage() == "unit.attempt_failed")
+    failed = next(r for r in ours if r.__dict__.get("event") == "unit.attempt_failed")
     assert failed.__dict__["category"] == "serialization"
     assert failed.__dict__["sqlstate"] == "40001"
     assert SECRET not in _all_text(ours)
+    # Every message stands on its own: the event name and the key facts, from a real failure.
+    assert failed.getMessage() == (
+        "unit.attempt_failed: an attempt of a unit of work failed (unit=logs attempt=1 "
+        "kind=retryable category=serialization sqlstate=40001 error_type=DBAPIError)"
+    ), failed.getMessage()
+    scheduled = next(r for r in ours if r.__dict__.get("event") == "retry.scheduled")
+    message = scheduled.getMessage()
+    assert message.startswith("retry.scheduled: retrying after a failed attempt (retry_name=logs ")
+    assert "attempt=1 category=serialization" in message
+    assert f"sleep={scheduled.__dict__['sleep']:.3g}s" in message
+    gave_up = next(r for r in ours if r.__dict__.get("event") == "retry.gave_up")
+    assert "attempts=3 category=serialization" in gave_up.getMessage()
+    assert "stop_reason=attempts" in gave_up.getMessage()
+
+
+def test_breaker_transition_message_names_breaker_states_and_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="resilient_db")
+    breaker = CircuitBreaker("orders-db")
+    breaker.force_open()
+    record = next(r for r in caplog.records if r.__dict__.get("event") == "breaker.forced_open")
+    assert record.getMessage() == (
+        "breaker.forced_open: circuit breaker forced open (breaker=orders-db "
+        "previous_state=closed state=forced_open reason=manual failure_rate=0)"
+    ), record.getMessage()
+    assert record.__dict__["breaker"] == "orders-db"  # the data stays in extra
+
+
+def test_render_shows_only_listed_facts_and_leaves_other_records_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="resilient_db")
+    log = logging.getLogger("resilient_db")
+    log.info("some.event", extra={"unit": "u", "sleep": 1.5, "error": f"password={SECRET}"})
+    log.info("plain text %s", "kept")
+    log.info("Not an event name")
+    install()  # a second install adds no second filter
+    assert sum(isinstance(f, EventMessageFilter) for f in log.filters) == 1
+    event, plain, sentence = caplog.records[-3:]
+    assert event.getMessage() == "some.event: unit=u sleep=1.5s"
+    assert event.__dict__["event"] == "some.event"
+    assert SECRET not in event.getMessage()
+    assert plain.getMessage() == "plain text kept"
+    assert sentence.getMessage() == "Not an event name"
+    assert render("x.y", {"open_for": 5.0, "failure_rate": 0.625, "attempt": 2}) == (
+        "x.y: attempt=2 open_for=5s failure_rate=0.625"
+    )

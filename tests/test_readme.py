@@ -1,62 +1,149 @@
-"""The README's Quickstart runs as written, against the real PostgreSQL."""
+"""The README's Quickstart runs as written against the real PostgreSQL, and its ``transfer``
+does not deadlock under concurrency; the setup scripts install only when needed."""
 
 from __future__ import annotations
 
+import ast
+import os
 import re
-import textwrap
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from resilient_db import Database, RetryPolicy, UnitEvent
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def _quickstart() -> str:
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Quickstart") :]
+    section = README.split("## Quickstart", 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match is not None, "the Quickstart has no python block"
+    assert match is not None, "the Quickstart has no python code block"
     return match.group(1)
 
 
 def test_readme_has_exactly_two_commands() -> None:
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("## The two commands") : text.index("## Quickstart")]
+    section = README[README.index("## The two commands") : README.index("## Quickstart")]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
     assert block is not None
     commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
     assert [c for c in commands if c] == ["./scripts/chaos", "./scripts/test"]
-    ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "./scripts/test" in ci  # CI proves the README's test command
     assert "./scripts/chaos" in ci
 
 
-async def test_quickstart_runs(pg_url: str, pg_dsn: str) -> None:
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE account (id int PRIMARY KEY, balance bigint NOT NULL)")
-        conn.execute("INSERT INTO account VALUES (1, 1000), (2, 1000)")
-        conn.execute("CREATE TABLE audit (event text NOT NULL)")
+@pytest.fixture
+def shop_url(admin_conn: psycopg.Connection[tuple[object, ...]], pg_url: str) -> Iterator[str]:
+    """A database of its own with the Quickstart's tables (dropped afterwards)."""
+    name = f"rdb_readme_{secrets.token_hex(3)}"
+    admin_conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
     try:
-        code = _quickstart().replace("postgresql+asyncpg://app@db.internal/shop", pg_url)
-        source = (
-            "async def main():\n"
-            + textwrap.indent(code, "    ")
-            + "\n    moved = await Accounts(db).move(1, 2)\n"
-            + "    await engine.dispose()\n"
-            + "    return moved\n"
-        )
-        namespace: dict[str, Any] = {}
-        exec(compile(source, str(README), "exec"), namespace)
-        moved = await namespace["main"]()
-        assert moved == 1000 + 100 + 100 + 5 + 1
-        with psycopg.connect(pg_dsn) as conn:
-            balances: dict[Any, Any] = dict(
-                conn.execute("SELECT id, balance FROM account").fetchall()
-            )
-            audits = conn.execute("SELECT count(*) FROM audit").fetchone()
-        assert balances == {1: 1000 - 206, 2: 1000 + 206}
-        assert audits == (1,)
+        with psycopg.connect(
+            make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+            autocommit=True,
+        ) as conn:
+            conn.execute("CREATE TABLE account (id int PRIMARY KEY, balance int NOT NULL)")
+            conn.execute("INSERT INTO account SELECT g, 1000 FROM generate_series(1, 4) g")
+            conn.execute("CREATE TABLE audit (what text NOT NULL)")
+        yield url
     finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS account, audit")
+        admin_conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def quickstart(shop_url: str) -> AsyncIterator[dict[str, Any]]:
+    """The Quickstart's code, run once as written (its URL pointed at ``shop_url``)."""
+    code = _quickstart()
+    assert '"postgresql+asyncpg://app@db.internal/shop"' in code
+    code = code.replace('"postgresql+asyncpg://app@db.internal/shop"', repr(shop_url))
+    namespace: dict[str, Any] = {"__name__": "readme_quickstart"}
+    compiled = compile(code, "README.md#quickstart", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    result = eval(compiled, namespace)
+    if result is not None:
+        await result
+    try:
+        yield namespace
+    finally:
+        await namespace["engine"].dispose()
+
+
+async def test_quickstart_runs_as_written(quickstart: dict[str, Any]) -> None:
+    db: Database = quickstart["db"]
+    accounts = quickstart["Accounts"](db)
+    assert await accounts.move(3, 4) == 1001
+    async with db.transaction() as session:
+        rows = (await session.execute(text("SELECT id, balance FROM account"))).all()
+        balances: dict[int, int] = {row[0]: row[1] for row in rows}
+        audit = (await session.execute(text("SELECT count(*) FROM audit"))).scalar_one()
+    # two transfers of 100 and one block of 5 from 1 to 2; the move of 1 from 3 to 4
+    assert balances == {1: 795, 2: 1205, 3: 999, 4: 1001}
+    assert audit == 1
+
+
+async def test_quickstart_transfer_does_not_deadlock_under_concurrency(
+    quickstart: dict[str, Any],
+) -> None:
+    transfer = quickstart["transfer"]
+    events: list[UnitEvent] = []
+    db = Database(
+        quickstart["engine"],
+        retry=RetryPolicy(attempts=10, initial=0.001, max_backoff=0.01),
+        breaker=None,
+        budget=None,
+        listeners=[events.append],
+        name="transfer",
+    )
+
+    async def worker(src: int, dst: int) -> None:
+        for _ in range(15):
+            await db.run(transfer, src, dst, 1)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):  # opposite directions over the same two rows
+            tg.start_soon(worker, 1, 2)
+            tg.start_soon(worker, 2, 1)
+    deadlocks = [e for e in events if e.sqlstate == "40P01"]
+    assert deadlocks == [], deadlocks
+    async with db.transaction() as session:
+        total = (
+            await session.execute(text("SELECT sum(balance) FROM account WHERE id IN (1, 2)"))
+        ).scalar_one()
+    assert total == 2000
+
+
+def test_bootstrap_skips_the_install_while_pyproject_is_unchanged(tmp_path: Path) -> None:
+    stamp = Path(sys.prefix) / ".resilient_db-install-stamp"
+    if not stamp.is_file():
+        pytest.skip("this environment was not set up by scripts/bootstrap (no install stamp)")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    shutil.copy(stamp, venv / stamp.name)
+    env = {k: v for k, v in os.environ.items() if k != "RESILIENT_DB_REINSTALL"}
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "bootstrap"), str(venv)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("", "")
+    assert time.monotonic() - started < 10  # no pip run (an install takes far longer)
+    assert (venv / stamp.name).read_text() == stamp.read_text()

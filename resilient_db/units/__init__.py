@@ -5,6 +5,7 @@ from resilient_db.units._blocks import AttemptBlock, Attempts, Transaction
 from resilient_db.units._commit import CommitOutcome
 from resilient_db.units._database import Database, engine_health_check
 from resilient_db.units._decorator import INJECTED, transactional
+from resilient_db.units._keys import KeyRecord, KeyState, Ledger, create_ledger
 
 __all__ = [
     "INJECTED",
@@ -13,10 +14,14 @@ __all__ = [
     "CommitOutcome",
     "Database",
     "DeadlineExceeded",
+    "KeyRecord",
+    "KeyState",
+    "Ledger",
     "Transaction",
     "UnitEvent",
     "UnitListener",
     "UnitOptions",
+    "create_ledger",
     "engine_health_check",
     "transactional",
 ]

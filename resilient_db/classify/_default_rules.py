@@ -1,8 +1,8 @@
-"""The default classification table, and its rendering for the docs.
+"""The default classification table, as data (rendered by ``_docs`` for the docs page).
 
 Regenerate the docs page after changing a rule::
 
-    python -m resilient_db.classify._rules > docs/classifier-rules.md
+    python -m resilient_db.classify._docs > docs/classifier-rules.md
 
 Order matters: the first matching rule decides. SQLSTATE rules come first (a server answer
 is the most precise fact), then driver and OS exception types, then messages (psycopg's
@@ -15,12 +15,13 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
-import sys
 
 from resilient_db._errors import CircuitOpenError, CommitOutcomeUnknown, ConfigurationError
-from resilient_db.classify._classifier import ErrorFacts, ErrorKind, Rule
+from resilient_db.classify._categories import Category, ErrorKind
+from resilient_db.classify._facts import ErrorFacts
+from resilient_db.classify._rule import Rule
 
-__all__ = ["DEFAULT_RULES", "render_rules_markdown"]
+__all__ = ["DEFAULT_RULES"]
 
 R = ErrorKind.RETRYABLE
 F = ErrorKind.FATAL
@@ -43,6 +44,12 @@ def _not_known_primary(facts: ErrorFacts) -> bool:
 
 def _not_own_timeout(facts: ErrorFacts) -> bool:
     return facts.own_timeout is False
+
+
+def _not_own_cancel(facts: ErrorFacts) -> bool:
+    # Our own deadline cancels through the driver, which the server also reports as a
+    # "user request": only a cancel we know is ours stays a (retryable) timeout.
+    return facts.own_timeout is not True
 
 
 def _dns_try_again(facts: ErrorFacts) -> bool:
@@ -108,7 +115,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         when="not an Exception (CancelledError, KeyboardInterrupt, SystemExit...)",
         kind=F,
         at_commit=U,
-        category="cancelled",
+        category=Category.CANCELLED,
         reason=(
             "the task was cancelled or the process is stopping; propagate at once, never "
             "retry (at COMMIT the outcome is unknown: record it for resolution)"
@@ -118,7 +125,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="pool_checkout_timeout",
         types=(f"{_SA}TimeoutError",),
         kind=R,
-        category="pool_exhausted",
+        category=Category.POOL_EXHAUSTED,
         reason=(
             "no pooled connection became free within pool_timeout (local saturation, not a "
             "database fault); retry later, lower concurrency or enlarge the pool"
@@ -128,7 +135,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="circuit_open",
         types=(CircuitOpenError,),
         kind=R,
-        category="circuit_open",
+        category=Category.CIRCUIT_OPEN,
         reason="the circuit breaker refused the call; retry after retry_after seconds",
         retry_after=_circuit_retry_after,
     ),
@@ -136,7 +143,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="commit_outcome_unknown",
         types=(CommitOutcomeUnknown,),
         kind=F,
-        category="commit_unknown",
+        category=Category.COMMIT_UNKNOWN,
         reason=(
             "the outcome of a COMMIT could not be determined; check pg_xact_status(xid) "
             "later or make the unit idempotent"
@@ -146,7 +153,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="configuration_error",
         types=(ConfigurationError,),
         kind=F,
-        category="config",
+        category=Category.CONFIG,
         reason="resilient_db is misconfigured; the message names the option to fix",
     ),
     # -- server SQLSTATEs ------------------------------------------------------------------
@@ -154,7 +161,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="serialization_failure",
         sqlstates=("40001",),
         kind=R,
-        category="serialization",
+        category=Category.SERIALIZATION,
         reason=(
             "the transaction conflicted with a concurrent one and was rolled back; retry the "
             "whole unit of work (also when COMMIT itself raised it)"
@@ -164,7 +171,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="deadlock",
         sqlstates=("40P01",),
         kind=R,
-        category="deadlock",
+        category=Category.DEADLOCK,
         reason=(
             "the transaction was chosen as a deadlock victim and rolled back; retry the unit "
             "(and take locks in a consistent order to make it rarer)"
@@ -174,14 +181,14 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="lock_not_available",
         sqlstates=("55P03",),
         kind=R,
-        category="lock_timeout",
+        category=Category.LOCK_TIMEOUT,
         reason="a lock could not be acquired in time (lock_timeout/NOWAIT); retry with backoff",
     ),
     Rule(
         name="idle_session_timeout",
         sqlstates=("25P03", "57P05"),
         kind=R,
-        category="connection_lost",
+        category=Category.CONNECTION_LOST,
         reason=(
             "the server closed a session left idle too long (idle_in_transaction_session_"
             "timeout / idle_session_timeout), rolling back; retry, and do not hold "
@@ -195,7 +202,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
             f"{_ASYNCPG}_base.OutdatedSchemaCacheError",
         ),
         kind=R,
-        category="stale_cache",
+        category=Category.STALE_CACHE,
         reason=(
             "a cached statement plan or type cache is stale after a schema change; retry once "
             "at once (the driver has dropped the stale entry)"
@@ -207,7 +214,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         sqlstates=("0A000",),
         message=r"cached plan must not change result type",
         kind=R,
-        category="stale_cache",
+        category=Category.STALE_CACHE,
         reason=(
             "a prepared statement's plan is stale after a schema change; retry once at once "
             "(the transaction must be restarted)"
@@ -220,7 +227,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         predicate=_not_known_primary,
         when="in_recovery is True or unknown",
         kind=R,
-        category="failover",
+        category=Category.FAILOVER,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=(
@@ -233,7 +240,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="read_only_transaction",
         sqlstates=("25006",),
         kind=F,
-        category="programming",
+        category=Category.PROGRAMMING,
         reason=(
             "the transaction was declared READ ONLY but tried to write; start it read-write, "
             "retrying cannot help"
@@ -243,7 +250,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="in_failed_transaction",
         sqlstates=("25P02",),
         kind=F,
-        category="misuse",
+        category=Category.MISUSE,
         reason=(
             "a statement ran in a transaction that had already failed; roll back after an "
             "error and retry the whole unit, never single statements"
@@ -254,7 +261,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         sqlstates=("57P01", "57P02"),
         kind=R,
         at_commit=U,
-        category="connection_lost",
+        category=Category.CONNECTION_LOST,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=(
@@ -266,12 +273,41 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="server_starting_or_stopping",
         sqlstates=("57P03",),
         kind=R,
-        category="server_unavailable",
+        category=Category.SERVER_UNAVAILABLE,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=(
             "the server is starting up, shutting down or in recovery; retry with backoff "
             "until it accepts connections"
+        ),
+    ),
+    Rule(
+        name="statement_timeout",
+        sqlstates=("57014",),
+        message=r"due to statement timeout",
+        kind=R,
+        at_commit=U,
+        category=Category.STATEMENT_TIMEOUT,
+        max_retries=1,
+        reason=(
+            "the server's statement_timeout cancelled the statement; retried at most once "
+            "(a slow plan or a lock wait may pass on a second try, a third would repeat "
+            "it): make the statement faster or raise statement_timeout"
+        ),
+    ),
+    Rule(
+        name="admin_cancel",
+        sqlstates=("57014",),
+        message=r"due to user request",
+        predicate=_not_own_cancel,
+        when="own_timeout is not True",
+        kind=F,
+        at_commit=U,
+        category=Category.ADMIN_CANCEL,
+        reason=(
+            "an administrator or another session cancelled the statement "
+            "(pg_cancel_backend); not retried: the cancel was deliberate, retrying would "
+            "undo it (at COMMIT the outcome is unknown)"
         ),
     ),
     Rule(
@@ -281,11 +317,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         when="own_timeout is False",
         kind=F,
         at_commit=U,
-        category="timeout",
+        category=Category.TIMEOUT,
         reason=(
-            "the statement was cancelled by a limit or a session that is not ours "
-            "(statement_timeout, pg_cancel_backend); retrying repeats it: raise the limit "
-            "or make the statement faster"
+            "the statement was cancelled by a limit or a session that is not ours; "
+            "retrying repeats it: raise the limit or make the statement faster"
         ),
     ),
     Rule(
@@ -293,7 +328,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         sqlstates=("57014",),
         kind=R,
         at_commit=U,
-        category="timeout",
+        category=Category.TIMEOUT,
         counts_toward_breaker=True,
         reason=(
             "the statement was cancelled by a timeout; retry if the deadline allows (at "
@@ -304,7 +339,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="database_dropped",
         sqlstates=("57P04",),
         kind=F,
-        category="config",
+        category=Category.CONFIG,
         counts_toward_breaker=True,
         reason="the database was dropped; point the application at an existing database",
     ),
@@ -313,7 +348,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         sqlstates=("08",),
         kind=R,
         at_commit=U,
-        category="connection_lost",
+        category=Category.CONNECTION_LOST,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=_LOST,
@@ -322,7 +357,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="insufficient_resources",
         sqlstates=("53",),
         kind=R,
-        category="overload",
+        category=Category.OVERLOAD,
         counts_toward_breaker=True,
         reason=(
             "the server is out of a resource (too many connections, memory, disk); retry "
@@ -333,7 +368,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="authentication",
         sqlstates=("28",),
         kind=F,
-        category="config",
+        category=Category.CONFIG,
         counts_toward_breaker=True,
         reason=(
             "the server rejected the credentials (wrong password, unknown role or "
@@ -344,7 +379,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="unknown_database",
         sqlstates=("3D000",),
         kind=F,
-        category="config",
+        category=Category.CONFIG,
         counts_toward_breaker=True,
         reason="the database named in the URL does not exist; fix the URL or create it",
     ),
@@ -352,7 +387,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="integrity_violation",
         sqlstates=("23",),
         kind=F,
-        category="integrity",
+        category=Category.INTEGRITY,
         reason=(
             "a constraint (unique, foreign key, not null, check, exclusion) rejected the "
             "data; fix the data or handle the conflict, retrying cannot help"
@@ -362,7 +397,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="data_exception",
         sqlstates=("22",),
         kind=F,
-        category="data",
+        category=Category.DATA,
         reason=(
             "a value is invalid for its type or operation (bad input, division by zero, "
             "overflow); fix the data, retrying cannot help"
@@ -372,7 +407,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="syntax_or_access",
         sqlstates=("42", "0A", "54", "2B", "3F"),
         kind=F,
-        category="programming",
+        category=Category.PROGRAMMING,
         reason=_PROGRAMMING,
     ),
     # -- asyncpg client-side errors (no server SQLSTATE) -----------------------------------
@@ -381,7 +416,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         types=(f"{_ASYNCPG}ConnectionDoesNotExistError", f"{_ASYNCPG}ConnectionFailureError"),
         kind=R,
         at_commit=U,
-        category="connection_lost",
+        category=Category.CONNECTION_LOST,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=_LOST,
@@ -392,7 +427,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         message=r"connection (?:is|was) closed|connection is closing",
         kind=R,
         at_commit=U,
-        category="connection_lost",
+        category=Category.CONNECTION_LOST,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=(
@@ -406,14 +441,14 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         types=(f"{_ASYNCPG}_base.InterfaceError",),
         message=r"another operation is in progress|released back to the pool",
         kind=F,
-        category="misuse",
+        category=Category.MISUSE,
         reason=_MISUSE,
     ),
     Rule(
         name="asyncpg_bad_argument",
         types=(f"{_ASYNCPG}DataError", f"{_ASYNCPG}_base.DataError"),
         kind=F,
-        category="data",
+        category=Category.DATA,
         reason=(
             "a query argument has the wrong Python type for its parameter; convert it "
             "before binding, retrying cannot help"
@@ -423,7 +458,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="asyncpg_client_configuration",
         types=(f"{_ASYNCPG}_base.ClientConfigurationError",),
         kind=F,
-        category="config",
+        category=Category.CONFIG,
         counts_toward_breaker=True,
         reason="the connection options are invalid; fix the URL or connect arguments",
     ),
@@ -431,7 +466,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="asyncpg_wrong_server_role",
         types=(f"{_ASYNCPG}_base.TargetServerAttributeNotMatched",),
         kind=R,
-        category="failover",
+        category=Category.FAILOVER,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=(
@@ -444,7 +479,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         types=(f"{_ASYNCPG}_base.InternalClientError",),
         kind=R,
         at_commit=U,
-        category="connection_lost",
+        category=Category.CONNECTION_LOST,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=(
@@ -458,11 +493,12 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         types=(_PSYCOPG_OPERATIONAL,),
         message=(
             r"password authentication failed|authentication failed for user|"
-            r"role \S+ does not exist|no pg_hba\.conf entry|password is required|"
+            r"role \S+ does not exist|no pg_hba\.conf entry|pg_hba\.conf rejects|"
+            r"password is required|"
             r"permission denied for database"
         ),
         kind=F,
-        category="config",
+        category=Category.CONFIG,
         counts_toward_breaker=True,
         reason=(
             "the server rejected the credentials (wrong password, unknown role or "
@@ -474,7 +510,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         types=(_PSYCOPG_OPERATIONAL,),
         message=r"database \S+ does not exist",
         kind=F,
-        category="config",
+        category=Category.CONFIG,
         counts_toward_breaker=True,
         reason="the database named in the URL does not exist; fix the URL or create it",
     ),
@@ -483,7 +519,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         types=(_PSYCOPG_OPERATIONAL,),
         message=r"too many connections|too many clients|connection slots are reserved",
         kind=R,
-        category="overload",
+        category=Category.OVERLOAD,
         counts_toward_breaker=True,
         reason=(
             "the server or role has no connection slot free; retry with backoff and reduce "
@@ -498,7 +534,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
             r"not (?:yet )?accepting connections)"
         ),
         kind=R,
-        category="server_unavailable",
+        category=Category.SERVER_UNAVAILABLE,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=(
@@ -511,7 +547,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         types=(_PSYCOPG_OPERATIONAL,),
         message=r"temporary failure in name resolution|\[Errno -3\]",
         kind=R,
-        category="connect_failed",
+        category=Category.CONNECT_FAILED,
         counts_toward_breaker=True,
         reason="the host name could not be resolved right now (DNS); retry with backoff",
     ),
@@ -523,7 +559,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
             r"name or service not known|nodename nor servname"
         ),
         kind=F,
-        category="config",
+        category=Category.CONFIG,
         counts_toward_breaker=True,
         reason="the host name in the URL does not exist; fix the host name",
     ),
@@ -535,7 +571,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
             r"no route to host|network is unreachable"
         ),
         kind=R,
-        category="connect_failed",
+        category=Category.CONNECT_FAILED,
         counts_toward_breaker=True,
         reason=_CONNECT,
     ),
@@ -546,7 +582,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         when="no server SQLSTATE",
         kind=R,
         at_commit=U,
-        category="connection_lost",
+        category=Category.CONNECTION_LOST,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=_LOST,
@@ -558,7 +594,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         predicate=_dns_try_again,
         when="errno EAI_AGAIN",
         kind=R,
-        category="connect_failed",
+        category=Category.CONNECT_FAILED,
         counts_toward_breaker=True,
         reason="the host name could not be resolved right now (DNS); retry with backoff",
     ),
@@ -566,7 +602,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="unknown_host",
         types=(socket.gaierror,),
         kind=F,
-        category="config",
+        category=Category.CONFIG,
         counts_toward_breaker=True,
         reason="the host name in the URL does not exist; fix the host name",
     ),
@@ -574,7 +610,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="connection_refused",
         types=(ConnectionRefusedError,),
         kind=R,
-        category="connect_failed",
+        category=Category.CONNECT_FAILED,
         counts_toward_breaker=True,
         reason=_CONNECT,
     ),
@@ -583,7 +619,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         types=(OSError,),
         message=r"^Multiple exceptions: |Connect call failed",
         kind=R,
-        category="connect_failed",
+        category=Category.CONNECT_FAILED,
         counts_toward_breaker=True,
         reason=_CONNECT,
     ),
@@ -592,7 +628,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         types=(TimeoutError,),
         kind=R,
         at_commit=U,
-        category="timeout",
+        category=Category.TIMEOUT,
         counts_toward_breaker=True,
         reason=(
             "a client-side timeout expired (connect, command or deadline); retry if time "
@@ -604,7 +640,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         types=(ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError),
         kind=R,
         at_commit=U,
-        category="connection_lost",
+        category=Category.CONNECTION_LOST,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=_LOST,
@@ -616,7 +652,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         when="errno is a network error (ENETUNREACH, EHOSTUNREACH, ECONNRESET...)",
         kind=R,
         at_commit=U,
-        category="connection_lost",
+        category=Category.CONNECTION_LOST,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=_LOST,
@@ -627,7 +663,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         types=(f"{_SA}DisconnectionError",),
         kind=R,
         at_commit=U,
-        category="connection_lost",
+        category=Category.CONNECTION_LOST,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=_LOST,
@@ -639,7 +675,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         when="connection_invalidated is True (the dialect saw a disconnect)",
         kind=R,
         at_commit=U,
-        category="connection_lost",
+        category=Category.CONNECTION_LOST,
         counts_toward_breaker=True,
         invalidate_pool=True,
         reason=_LOST,
@@ -648,14 +684,14 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="sqlalchemy_misuse",
         types=(f"{_SA}PendingRollbackError", f"{_SA}InvalidRequestError"),
         kind=F,
-        category="misuse",
+        category=Category.MISUSE,
         reason=_MISUSE,
     ),
     Rule(
         name="sqlalchemy_programming",
         types=(f"{_SA}ArgumentError", f"{_SA}CompileError", f"{_SA}NoReferenceError"),
         kind=F,
-        category="programming",
+        category=Category.PROGRAMMING,
         reason=_PROGRAMMING,
     ),
     # -- DB-API classes without SQLSTATE (client-side driver errors) -----------------------
@@ -663,14 +699,14 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="dbapi_integrity",
         types=(f"{_SA}IntegrityError", "psycopg.IntegrityError"),
         kind=F,
-        category="integrity",
+        category=Category.INTEGRITY,
         reason="a constraint rejected the data; fix the data, retrying cannot help",
     ),
     Rule(
         name="dbapi_data",
         types=(f"{_SA}DataError", "psycopg.DataError"),
         kind=F,
-        category="data",
+        category=Category.DATA,
         reason="a value is invalid for its type; fix the data, retrying cannot help",
     ),
     Rule(
@@ -682,73 +718,15 @@ DEFAULT_RULES: tuple[Rule, ...] = (
             "psycopg.NotSupportedError",
         ),
         kind=F,
-        category="programming",
+        category=Category.PROGRAMMING,
         reason=_PROGRAMMING,
     ),
     Rule(
         name="dbapi_interface",
         types=("psycopg.InterfaceError",),
         kind=F,
-        category="misuse",
+        category=Category.MISUSE,
         reason=_MISUSE,
     ),
 )
 """The default rules, in the order they are tried (rendered in docs/classifier-rules.md)."""
-
-
-def _flag(value: bool) -> str:
-    return "yes" if value else "no"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def render_rules_markdown(rules: tuple[Rule, ...] = DEFAULT_RULES) -> str:
-    """The rules table as Markdown (the content of docs/classifier-rules.md)."""
-    lines = [
-        "# Error classification rules",
-        "",
-        "<!-- Generated from resilient_db/_rules.py; do not edit by hand. Regenerate with:",
-        "     python -m resilient_db.classify._rules > docs/classifier-rules.md -->",
-        "",
-        "`resilient_db.classify(exc, phase=..., in_recovery=..., own_timeout=...)` walks the",
-        "exception chain (`.orig`, `__cause__`, then `__context__` if nothing in the explicit",
-        "chain is recognised), takes the first SQLSTATE the *server* sent (asyncpg's",
-        "client-side 08003 is ignored) and applies the first rule below that matches. All",
-        "matchers of a rule must match; SQLSTATE classes are written as two characters.",
-        "",
-        "- *At COMMIT* is the kind used when `phase` is `commit` (a lost COMMIT may or may",
-        "  not have been applied). A 40001 raised by COMMIT itself stays retryable.",
-        "- In the `connect` phase the categories `connection_lost` and `timeout` read",
-        "  `connect_failed`, and the pool is not invalidated.",
-        "- An exception group gets the most severe verdict of its members (fatal, then",
-        "  commit_unknown, then retryable).",
-        "- No rule matches: fatal, category `unknown`, not counted toward the breaker.",
-        "",
-        "Add or override rules with `Classifier().with_rules(Rule(...))` (a rule with the",
-        "name of an existing one replaces it) or remove them with `without_rules(name)`.",
-        "",
-        "| # | Rule | Matches | Kind | At COMMIT | Category | Breaker | Invalidate pool "
-        "| Retry after | Reason |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for i, rule in enumerate(rules, 1):
-        if callable(rule.retry_after):
-            retry_after = "from exception"
-        elif rule.retry_after is None:
-            retry_after = ""
-        else:
-            retry_after = f"{rule.retry_after:g} s"
-        at_commit = (rule.at_commit or rule.kind).value
-        lines.append(
-            f"| {i} | `{rule.name}` | {_cell(rule.describe_match())} | {rule.kind.value} "
-            f"| {at_commit} | {rule.category} | {_flag(rule.counts_toward_breaker)} "
-            f"| {_flag(rule.invalidate_pool)} | {retry_after} | {_cell(rule.reason)} |"
-        )
-    lines.append("")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.stdout.write(render_rules_markdown())
