@@ -36,33 +36,36 @@ def _doctor_command(args: argparse.Namespace) -> int:
             options[name] = value
 
     async def run() -> DoctorReport:
-        return await doctor(url, processes=args.processes, **options)
+        return await doctor(url, processes=args.processes, timeout=args.timeout, **options)
 
     report = anyio.run(run)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "url": report.url,
-                    "ok": report.ok,
-                    "processes": report.processes,
-                    "server": dict(report.server),
-                    "findings": [
-                        {"severity": f.severity.value, "code": f.code, "message": f.message}
-                        for f in report.findings
-                    ],
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(_report_json(report), indent=2))
     else:
         print(f"resilient-db doctor: {report.url} ({report.processes} process(es))")
+        for where, role in report.hosts.items():
+            print(f"  host {where}: {role}")
         for f in report.findings:
             print(f"  {f.severity.value.upper():<7} {f.code}: {f.message}")
         errors = sum(f.severity is Severity.ERROR for f in report.findings)
         warnings = sum(f.severity is Severity.WARNING for f in report.findings)
         print(f"{errors} error(s), {warnings} warning(s)")
     return 0 if report.ok else 1
+
+
+def _report_json(report: DoctorReport) -> dict[str, Any]:
+    return {
+        "url": report.url,
+        "ok": report.ok,
+        "processes": report.processes,
+        "primary": report.primary,
+        "hosts": dict(report.hosts),
+        "server": dict(report.server),
+        "findings": [
+            {"severity": f.severity.value, "code": f.code, "message": f.message}
+            for f in report.findings
+        ],
+    }
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -120,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-overflow", type=_non_negative_int, dest="max_overflow")
     p.add_argument("--pool-recycle", type=_positive_float, dest="pool_recycle")
     p.add_argument("--connect-timeout", type=_positive_float, dest="connect_timeout")
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=15.0,
+        help="seconds the whole check may take (default 15)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_doctor_command)
 
@@ -130,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plugins() -> list[Callable[[Any], None]]:
     registrars: list[Callable[[Any], None]] = []
-    for module_name in ("resilient_db.toxiproxy._cli",):
+    for module_name in ("resilient_db.toxiproxy._cli", "resilient_db.chaos._cli"):
         try:
             module = importlib.import_module(module_name)
         except ImportError:  # pragma: no cover - optional part not installed

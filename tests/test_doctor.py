@@ -8,6 +8,8 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
-from resilient_db import Severity, create_async_engine, doctor
+from resilient_db import DoctorReport, Severity, create_async_engine, doctor
 from resilient_db._cli import main
 
 PASSWORD = "hunter2-" + secrets.token_hex(4)
@@ -86,9 +88,13 @@ async def test_recycle_against_idle_session_timeout(
     try:
         report = await doctor(pg_url, pool_recycle=600)
         assert _codes(report)["recycle_vs_idle_session_timeout"] is Severity.WARNING
-        with pytest.warns(UserWarning, match="pool_recycle=100s is under 300s"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a finding, never a raw UserWarning
             report = await doctor(pg_url, pool_recycle=100, connect_timeout=5)
         assert "recycle_vs_idle_session_timeout" not in _codes(report)
+        assert _codes(report)["short_pool_recycle"] is Severity.WARNING
+        message = next(f.message for f in report.findings if f.code == "short_pool_recycle")
+        assert "pool_recycle=100s is under 300s" in message
     finally:
         admin_conn.execute(f'ALTER DATABASE "{pg_database}" RESET idle_session_timeout')
 
@@ -177,3 +183,100 @@ def test_python_dash_m_runs_the_cli(pg_url: str) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 error(s)" in proc.stdout
+
+
+def _message(report: DoctorReport, code: str) -> str:
+    return next(f.message for f in report.findings if f.code == code)
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_connect_refused_says_the_real_time_and_one_line(driver: str) -> None:
+    url = f"postgresql+{driver}://app:{PASSWORD}@127.0.0.1:{_closed_port()}/db"
+    started = time.perf_counter()
+    report = await doctor(url, timeout=15, connect_timeout=2)
+    assert time.perf_counter() - started < 10
+    message = _message(report, "connect")
+    assert "within 15s" not in message
+    assert "failed after 0." in message
+    assert "\n" not in message
+    assert "sqlalche.me" not in message
+    assert "Background on this error" not in message
+    assert "is the server up, on that host and port?" in message
+    assert PASSWORD not in message
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_missing_database_gets_its_own_hint(driver: str, pg_url: str) -> None:
+    url = make_url(pg_url).set(drivername=f"postgresql+{driver}", database="rdb_no_such_db")
+    message = _message(await doctor(url, timeout=10), "connect")
+    assert "the database 'rdb_no_such_db' does not exist" in message
+    assert 'CREATE DATABASE "rdb_no_such_db"' in message
+    assert "sqlalche.me" not in message
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_missing_role_gets_its_own_hint(driver: str, pg_url: str) -> None:
+    url = make_url(pg_url).set(
+        drivername=f"postgresql+{driver}", username="rdb_no_such_role", password=PASSWORD
+    )
+    message = _message(await doctor(url, timeout=10), "connect")
+    assert "the role 'rdb_no_such_role' does not exist" in message
+    assert 'CREATE ROLE "rdb_no_such_role" LOGIN' in message
+    assert PASSWORD not in message
+
+
+async def test_a_silent_server_says_doctors_own_timeout() -> None:
+    with socket.socket() as listener:  # accepts (kernel backlog) and never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port: int = listener.getsockname()[1]
+        report = await doctor(
+            f"postgresql+asyncpg://u@127.0.0.1:{port}/db", timeout=0.5, connect_timeout=30
+        )
+    assert "no answer within 0.5s (doctor's timeout)" in _message(report, "connect")
+
+
+async def test_too_many_processes_never_advise_zero(pg_url: str) -> None:
+    report = await doctor(pg_url, processes=100_000, pool_size=1, max_overflow=0)
+    message = _message(report, "pool_too_large")
+    assert "at most 0" not in message
+    assert "cannot give each of 100000 processes even one connection" in message
+    assert "PgBouncer" in message
+
+
+async def test_single_host_reports_the_primary(pg_url: str) -> None:
+    report = await doctor(pg_url, pool_size=2)
+    where = f"{make_url(pg_url).host}:{make_url(pg_url).port}"
+    assert report.primary == where
+    assert report.hosts == {where: "primary"}
+
+
+async def test_multi_host_url_reports_each_host(pg_url: str) -> None:
+    live = make_url(pg_url)
+    dead = _closed_port()
+    url = f"postgresql+asyncpg://{live.username}@/{live.database}"
+    url += f"?host=127.0.0.1:{dead},{live.host}:{live.port}"
+    report = await doctor(url, pool_size=2, timeout=10)
+    assert report.ok, report.findings
+    assert report.primary == f"{live.host}:{live.port}"
+    assert report.hosts[f"127.0.0.1:{dead}"].startswith("unreachable: ConnectionRefusedError")
+    assert _codes(report)["hosts"] is Severity.INFO
+
+
+async def test_multi_host_url_without_a_primary_is_an_error() -> None:
+    ports = [_closed_port(), _closed_port()]
+    url = f"postgresql+psycopg://u@/db?host=127.0.0.1:{ports[0]}&host=127.0.0.1:{ports[1]}"
+    report = await doctor(url, timeout=10, connect_timeout=2)
+    assert _codes(report)["no_primary"] is Severity.ERROR
+    assert report.primary is None
+    assert _codes(report)["connect"] is Severity.ERROR
+
+
+def test_cli_prints_hosts_and_json_primary(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["doctor", "--url", pg_url, "--pool-size", "2", "--timeout", "20"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert ": primary" in out
+    main(["doctor", "--url", pg_url, "--pool-size", "2", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["primary"] == f"{make_url(pg_url).host}:{make_url(pg_url).port}"

@@ -232,3 +232,57 @@ def test_no_password_in_logs_or_errors(caplog: pytest.LogCaptureFixture) -> None
     assert resilient_db.safe_url("postgresql+asyncpg://app:s3cr3t-pw@db/x") == (
         "postgresql+asyncpg://app:***@db/x"
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://u@/db?host=h1:5432,h2:5433",
+        "postgresql+asyncpg://u@/db?host=h1:5432&host=h2:5433",
+        "postgresql+psycopg://u@/db?host=h1,h2&port=5432,5433",
+        "postgresql+psycopg://u@:5432/db?host=h1&host=h2:5433",
+    ],
+)
+def test_multi_host_urls_take_one_form_with_read_write(url: str) -> None:
+    engine = create_async_engine(url)
+    assert engine.url.query["host"] in (("h1:5432", "h2:5433"),)
+    assert engine.url.query["target_session_attrs"] == "read-write"
+    _, params = engine.dialect.create_connect_args(engine.url)
+    if engine.dialect.driver == "asyncpg":
+        assert params["host"] == ["h1", "h2"]
+        assert params["port"] == [5432, 5433]
+    else:
+        assert params["host"] == "h1,h2"
+        assert params["port"] == "5432,5433"
+    assert params["target_session_attrs"] == "read-write"
+
+
+def test_multi_host_url_keeps_the_role_it_asks_for() -> None:
+    engine = create_async_engine("postgresql+asyncpg://u@/db?host=a:1,b:2&target_session_attrs=any")
+    assert engine.url.query["target_session_attrs"] == "any"
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("postgresql+asyncpg://u:pw@h0/db?host=h1,h2", "put every host in ?host="),
+        ("postgresql+asyncpg://u:pw@/db?host=h1:x,h2", "an integer 1..65535"),
+        ("postgresql+asyncpg://u:pw@/db?host=h1:99999,h2", "an integer 1..65535"),
+        ("postgresql+asyncpg://u:pw@/db?host=h1,h2&port=1", "give each host its port"),
+        ("postgresql+asyncpg://u:pw@/db?host=h1,/tmp", "not 'name:port'"),
+        ("postgresql+asyncpg://u:pw@/db?host=h1,h2&target_session_attrs=rw", "read-write"),
+        ("postgresql+psycopg://u:pw@h/db?target_session_attrs=master", "read-write"),
+    ],
+)
+def test_bad_multi_host_urls_name_the_fix(url: str, needle: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        create_async_engine(url)
+    assert needle in str(info.value)
+    assert "pw" not in str(info.value)
+
+
+def test_short_pool_recycle_warning_has_its_own_category() -> None:
+    from resilient_db.engine._factory import ShortPoolRecycleWarning
+
+    with pytest.warns(ShortPoolRecycleWarning):
+        create_async_engine("postgresql+asyncpg://u@h/db", pool_recycle=10)

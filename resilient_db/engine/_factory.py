@@ -25,7 +25,14 @@ from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engin
 from resilient_db._errors import ConfigurationError
 from resilient_db.engine._urls import Driver, check_url
 
-__all__ = ["EngineSettings", "create_async_engine", "default_pool_size", "engine_settings"]
+__all__ = [
+    "EngineSettings",
+    "ShortPoolRecycleWarning",
+    "create_async_engine",
+    "default_pool_size",
+    "engine_settings",
+    "short_recycle_message",
+]
 
 #: Ratio of time a request waits on the database to the time it computes; the pool formula
 #: multiplies the core count by ``1 + IO_WAIT_RATIO`` (an async worker keeps that many
@@ -105,6 +112,21 @@ class EngineSettings:
     application_name: str
     pgbouncer: bool
     connect_args: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ShortPoolRecycleWarning(UserWarning):
+    """``pool_recycle`` is under 300 s (``doctor`` reports it as the finding
+    ``short_pool_recycle`` instead of warning)."""
+
+
+def short_recycle_message(pool_recycle: float) -> str:
+    """Why a ``pool_recycle`` under :data:`POOL_RECYCLE_WARN_BELOW` is a mistake."""
+    return (
+        f"pool_recycle={pool_recycle:g}s is under {POOL_RECYCLE_WARN_BELOW:g}s: every "
+        "connection is replaced that often, which costs connects and server memory for "
+        "no safety (pool_pre_ping already catches dead idle connections); use 300 s or "
+        "more unless your proxy's idle limit is lower"
+    )
 
 
 _SETTINGS: weakref.WeakKeyDictionary[Any, EngineSettings] = weakref.WeakKeyDictionary()
@@ -233,6 +255,12 @@ def create_async_engine(url: str | URL, **options: Any) -> AsyncEngine:
       ``pg_stat_activity``.
     * ``pgbouncer=True`` turns off prepared-statement caches and uses unique statement names,
       as PgBouncer's transaction pooling requires.
+    * Multi-host URLs work with both drivers, in SQLAlchemy's form
+      (``postgresql+asyncpg://user@/db?host=h1:5432&host=h2:5432``) or libpq's comma form
+      (``?host=h1:5432,h2:5432``, or ``?host=h1,h2&port=5432,5433``). Without a
+      ``target_session_attrs`` they get ``read-write``: each new connection tries the hosts
+      in order and keeps the first primary, so after a promotion the pool (pre-ping, and the
+      recycle on a write refused by a standby) finds the new primary with no restart.
 
     User ``connect_args`` win over the defaults. ``future=True`` (from 1.4-era examples) is
     accepted and ignored. Unknown options raise :class:`TypeError`; out-of-range values raise
@@ -243,7 +271,34 @@ def create_async_engine(url: str | URL, **options: Any) -> AsyncEngine:
         if name not in _OWN and name not in _PASSTHROUGH:
             raise _unknown_option(name)
     options.pop("future", None)
+    settings = _settings(driver, options)  # takes our own options out of ``options``
+    pool_options: dict[str, Any] = {}
+    if "poolclass" not in options and "pool" not in options:
+        pool_options = {
+            "pool_size": settings.pool_size,
+            "max_overflow": settings.max_overflow,
+            "pool_timeout": settings.pool_timeout,
+        }
+    engine = _sa_create_async_engine(
+        parsed,
+        pool_recycle=settings.pool_recycle,
+        pool_pre_ping=settings.pool_pre_ping,
+        connect_args=dict(settings.connect_args),
+        **pool_options,
+        **options,
+    )
+    _SETTINGS[engine.sync_engine] = settings
+    return engine
 
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _settings(driver: Driver, options: dict[str, Any]) -> EngineSettings:
+    """The validated settings, popped out of ``options`` (what is left passes through)."""
     pool_size = _count("pool_size", options.pop("pool_size", default_pool_size()), minimum=1)
     max_overflow = _count(
         "max_overflow", options.pop("max_overflow", max(2, pool_size // 2)), minimum=0
@@ -253,36 +308,22 @@ def create_async_engine(url: str | URL, **options: Any) -> AsyncEngine:
     assert pool_timeout is not None
     assert pool_recycle is not None
     if pool_recycle < POOL_RECYCLE_WARN_BELOW:
-        warnings.warn(
-            f"pool_recycle={pool_recycle:g}s is under {POOL_RECYCLE_WARN_BELOW:g}s: every "
-            "connection is replaced that often, which costs connects and server memory for "
-            "no safety (pool_pre_ping already catches dead idle connections); use 300 s or "
-            "more unless your proxy's idle limit is lower",
-            UserWarning,
-            stacklevel=2,
-        )
-    pre_ping = options.pop("pool_pre_ping", True)
-    if not isinstance(pre_ping, bool):
-        raise ConfigurationError(f"pool_pre_ping must be True or False, got {pre_ping!r}")
+        warnings.warn(short_recycle_message(pool_recycle), ShortPoolRecycleWarning, stacklevel=3)
     application_name = options.pop("application_name", DEFAULT_APPLICATION_NAME)
     if not isinstance(application_name, str) or not application_name:
         raise ConfigurationError(
             f"application_name must be a non-empty string, got {application_name!r}"
         )
-    pgbouncer = options.pop("pgbouncer", False)
-    if not isinstance(pgbouncer, bool):
-        raise ConfigurationError(f"pgbouncer must be True or False, got {pgbouncer!r}")
     user_args = options.pop("connect_args", None) or {}
     if not isinstance(user_args, Mapping):
         raise ConfigurationError(f"connect_args must be a mapping, got {type(user_args).__name__}")
-
     settings = EngineSettings(
         driver=driver,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=pool_timeout,
         pool_recycle=pool_recycle,
-        pool_pre_ping=pre_ping,
+        pool_pre_ping=_flag("pool_pre_ping", options.pop("pool_pre_ping", True)),
         connect_timeout=_positive(
             "connect_timeout", options.pop("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         ),
@@ -293,33 +334,21 @@ def create_async_engine(url: str | URL, **options: Any) -> AsyncEngine:
             "statement_timeout", options.pop("statement_timeout", None), allow_none=True
         ),
         application_name=application_name,
-        pgbouncer=pgbouncer,
+        pgbouncer=_flag("pgbouncer", options.pop("pgbouncer", False)),
     )
-    defaults = (
-        _asyncpg_connect_args(settings) if driver == "asyncpg" else _psycopg_connect_args(settings)
-    )
+    return replace(settings, connect_args=_connect_args(settings, user_args))
+
+
+def _connect_args(settings: EngineSettings, user_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The driver defaults for ``settings``, overridden by the user's ``connect_args``."""
+    if settings.driver == "asyncpg":
+        defaults = _asyncpg_connect_args(settings)
+    else:
+        defaults = _psycopg_connect_args(settings)
     connect_args = {**defaults, **user_args}
     if isinstance(defaults.get("server_settings"), dict) and "server_settings" in user_args:
         connect_args["server_settings"] = {
             **defaults["server_settings"],
             **user_args["server_settings"],
         }
-    settings = replace(settings, connect_args=connect_args)
-
-    pool_options: dict[str, Any] = {}
-    if "poolclass" not in options and "pool" not in options:
-        pool_options = {
-            "pool_size": pool_size,
-            "max_overflow": max_overflow,
-            "pool_timeout": pool_timeout,
-        }
-    engine = _sa_create_async_engine(
-        parsed,
-        pool_recycle=pool_recycle,
-        pool_pre_ping=pre_ping,
-        connect_args=connect_args,
-        **pool_options,
-        **options,
-    )
-    _SETTINGS[engine.sync_engine] = settings
-    return engine
+    return connect_args
