@@ -1,0 +1,203 @@
+"""Framework-neutral ASGI pieces: a lifespan that owns the engine and the ``Database``, a
+middleware answering database errors with RFC 9457 problem details, and a readiness report.
+
+Works with any ASGI framework that supports lifespan state (Starlette, FastAPI, Litestar's
+ASGI mode...); :mod:`resilient_db.integrations.fastapi` builds on it.
+
+::
+
+    app = FastAPI(lifespan=database_lifespan("postgresql+asyncpg://app@db/shop"))
+    # every request: request.state.database is the Database
+
+    app = ProblemMiddleware(app)   # or app.add_middleware(ProblemMiddleware)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any, Final
+
+from sqlalchemy.engine import URL
+
+from resilient_db.classify import Classifier
+from resilient_db.engine import create_async_engine
+from resilient_db.integrations._problems import Problem, problem_for
+from resilient_db.policies import BreakerState, CircuitBreaker
+from resilient_db.units import Database
+
+__all__ = [
+    "DEFAULT_STATE_KEY",
+    "ProblemMiddleware",
+    "database_lifespan",
+    "open_database",
+    "readiness",
+]
+
+logger = logging.getLogger("resilient_db")
+
+#: The lifespan-state key under which the ``Database`` is shared with every request.
+DEFAULT_STATE_KEY: Final = "database"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_NOT_READY: Final = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN})
+
+
+async def _close(db: Database) -> None:
+    aclose = getattr(db, "aclose", None)
+    if aclose is not None and inspect.iscoroutinefunction(aclose):
+        await aclose()
+    else:  # a Database without aclose(): the engine is ours, dispose of it
+        await db.engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def open_database(
+    url: str | URL,
+    *,
+    engine_options: Mapping[str, Any] | None = None,
+    **database_options: Any,
+) -> AsyncIterator[Database]:
+    """``async with open_database(url) as db:`` — an engine (:func:`create_async_engine`
+    with ``engine_options``) and a ``Database(engine, **database_options)``, closed on exit
+    (the pool's connections are closed; the exit waits for none of the callers).
+
+    For an application's own lifespan that opens more than the database.
+    """
+    engine = create_async_engine(url, **dict(engine_options or {}))
+    try:
+        db = Database(engine, **database_options)
+    except BaseException:
+        await engine.dispose()
+        raise
+    try:
+        yield db
+    finally:
+        await _close(db)
+
+
+def database_lifespan(
+    url: str | URL,
+    *,
+    state_key: str = DEFAULT_STATE_KEY,
+    engine_options: Mapping[str, Any] | None = None,
+    **database_options: Any,
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[dict[str, Any]]]:
+    """A lifespan for ``FastAPI(lifespan=...)`` / ``Starlette(lifespan=...)``.
+
+    At startup it creates the engine and the ``Database`` (as :func:`open_database`); the
+    ``Database`` is shared through the lifespan state as ``request.state.<state_key>``; at
+    shutdown the engine is disposed of. Configuration errors surface at startup, not at the
+    first request.
+    """
+    if not isinstance(state_key, str) or not state_key.isidentifier():
+        raise TypeError(
+            f"database_lifespan(state_key={state_key!r}) must be a Python identifier, "
+            "e.g. 'database' (it becomes request.state.database)"
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
+        async with open_database(
+            url, engine_options=engine_options, **database_options
+        ) as database:
+            yield {state_key: database}
+
+    return lifespan
+
+
+class ProblemMiddleware:
+    """Answers the database errors :func:`problem_for` knows with a problem+json response.
+
+    Other exceptions, and errors raised after the response has started, pass through
+    unchanged. Pure ASGI: wraps any ASGI app (``app.add_middleware(ProblemMiddleware)``).
+    """
+
+    def __init__(self, app: ASGIApp, *, classifier: Classifier | None = None) -> None:
+        self.app = app
+        self.classifier = classifier
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            problem = problem_for(exc, classifier=self.classifier)
+            if problem is None or started:
+                raise
+            log_problem(problem, exc)
+            await send_problem(problem, send)
+
+
+def log_problem(problem: Problem, exc: BaseException) -> None:
+    """One ``http.problem`` record per database error answered (never the SQL)."""
+    logger.info(
+        "http.problem",
+        extra={
+            "status": problem.status,
+            "problem": problem.type.rsplit(":", 1)[-1],
+            "error_type": type(exc).__qualname__,
+        },
+    )
+
+
+async def send_problem(problem: Problem, send: Send) -> None:
+    """Send ``problem`` as a complete ASGI HTTP response."""
+    body = problem.encode()
+    headers = [*problem.header_list(), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": problem.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _breakers(sources: Iterable[Database | CircuitBreaker]) -> list[CircuitBreaker]:
+    found: list[CircuitBreaker] = []
+    for source in sources:
+        breaker = source if isinstance(source, CircuitBreaker) else source.breaker
+        if breaker is not None and all(breaker is not b for b in found):
+            found.append(breaker)
+    return found
+
+
+def readiness(*sources: Database | CircuitBreaker) -> tuple[bool, dict[str, Any]]:
+    """Whether the app is ready to serve, from its breakers' states (no I/O, cheap enough
+    for a load balancer's every poll), and a JSON-able report::
+
+        (False, {"status": "unavailable", "breakers": [{"name": "db:5432/shop",
+                  "state": "open", "retry_after": 3.2}]})
+
+    Not ready while any breaker is ``open`` or ``forced_open``; ``half_open`` is ready (it
+    is letting probes through). A ``Database`` without a breaker reports none.
+    """
+    report = []
+    ready = True
+    for breaker in _breakers(sources):
+        stats = breaker.statistics()
+        report.append(
+            {
+                "name": stats.name,
+                "state": stats.state.value,
+                "retry_after": stats.retry_after if math.isfinite(stats.retry_after) else None,
+                "trips": stats.trips,
+                "last_reason": stats.last_reason,
+            }
+        )
+        ready = ready and stats.state not in _NOT_READY
+    return ready, {"status": "ready" if ready else "unavailable", "breakers": report}

@@ -1,0 +1,225 @@
+"""The FastAPI integration and the example app, over HTTP (a real uvicorn on loopback),
+against the real PostgreSQL; faults through the embedded fault proxy."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from resilient_db import (
+    CircuitBreaker,
+    CircuitOpenError,
+    CommitOutcomeUnknown,
+    DeadlineExceeded,
+    RetryPolicy,
+)
+from resilient_db.integrations import PROBLEM_JSON, problem_for
+
+fastapi = pytest.importorskip("fastapi", reason="fastapi is not installed (the [fastapi] extra)")
+httpx = pytest.importorskip("httpx", reason="httpx is not installed (the test extra)")
+
+from fastapi import Request  # noqa: E402
+
+from examples.fastapi_app import SCHEMA_SQL, create_app  # noqa: E402
+from resilient_db.integrations.fastapi import (  # noqa: E402
+    SUPPORTS_DEPENDENCY_SCOPE,
+    get_database,
+    unit_of_work,
+)
+from tests._uvicorn import serve  # noqa: E402
+
+FAST_RETRY = RetryPolicy(attempts=2, initial=0.01, max_backoff=0.02)
+
+
+@pytest.fixture
+def shop_url(admin_conn: psycopg.Connection[tuple[object, ...]], pg_url: str) -> Iterator[str]:
+    """A database of its own with the example's table and two accounts (dropped after)."""
+    name = f"rdb_fastapi_{secrets.token_hex(3)}"
+    admin_conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(pg_url).set(database=name)
+    try:
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SCHEMA_SQL)
+            conn.execute("INSERT INTO account VALUES (1, 100), (2, 100)")
+        yield url.render_as_string(hide_password=False)
+    finally:
+        admin_conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_example_app_serves_reads_writes_and_readiness(shop_url: str) -> None:
+    app = create_app(shop_url, retry=FAST_RETRY)
+    async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        assert (await client.get("/accounts/1")).json() == {"id": 1, "balance": 100}
+        moved = await client.post("/transfers", json={"src": 1, "dst": 2, "amount": 30})
+        assert moved.status_code == 200, moved.text
+        assert moved.json() == {"src": 1, "balance": 70}
+        # Committed before the response was sent: the next request sees it.
+        assert (await client.get("/accounts/2")).json()["balance"] == 130
+        # An HTTPException in the endpoint rolls the request's unit back.
+        broke = await client.post("/transfers", json={"src": 1, "dst": 2, "amount": 1000})
+        assert broke.status_code == 409
+        assert (await client.get("/accounts/1")).json()["balance"] == 70
+        ready = await client.get("/ready")
+        assert ready.status_code == 200
+        body = ready.json()
+        assert body["status"] == "ready"
+        assert [b["state"] for b in body["breakers"]] == ["closed"]
+        opened = await client.put("/accounts/3", params={"balance": 5})
+        assert opened.status_code == 201
+        # A fatal error (unique violation) is not ours: untouched, the server's plain 500.
+        again = await client.put("/accounts/3", params={"balance": 5})
+        assert again.status_code == 500
+        assert again.headers["content-type"] != PROBLEM_JSON
+
+
+async def test_lifespan_disposes_of_the_engine_at_shutdown(shop_url: str) -> None:
+    app = create_app(shop_url)
+    seen: dict[str, Any] = {}
+
+    @app.get("/pool")
+    async def pool(request: Request) -> dict[str, int]:
+        db = get_database(request)
+        seen["engine"] = db.engine
+        async with db.transaction() as session:
+            await session.execute(text("SELECT 1"))
+        return {"checked_in": db.engine.pool.checkedin()}  # type: ignore[attr-defined]
+
+    async with serve(app) as base, httpx.AsyncClient(base_url=base) as client:
+        assert (await client.get("/pool")).json()["checked_in"] >= 1
+    # After shutdown the pool holds no connection.
+    assert seen["engine"].pool.checkedin() == 0
+
+
+async def test_errors_become_problem_details(shop_url: str) -> None:
+    app = create_app(shop_url, retry=FAST_RETRY, breaker=None)
+    slow = unit_of_work(deadline=0.3)
+
+    @app.get("/slow")
+    async def sleepy(session: Any = slow) -> dict[str, str]:
+        await session.execute(text("SELECT pg_sleep(5)"))
+        return {"never": "reached"}
+
+    @app.get("/lost-commit")
+    async def lost_commit() -> None:
+        raise CommitOutcomeUnknown("lost", xid=4242, attempts=1, timeline="00000002")
+
+    @app.get("/conflict")
+    async def conflict(request: Request) -> None:
+        async def body(session: Any) -> None:
+            await session.execute(
+                text("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = 'c'; END $$")
+            )
+
+        await get_database(request).run(body)
+
+    async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        started = time.monotonic()
+        timed_out = await client.get("/slow")
+        assert timed_out.status_code == 504, timed_out.text
+        assert time.monotonic() - started < 4
+        assert timed_out.headers["content-type"] == PROBLEM_JSON
+        assert timed_out.json()["type"] == "urn:resilient-db:problem:deadline-exceeded"
+
+        lost = await client.get("/lost-commit")
+        assert lost.status_code == 500
+        assert lost.headers["content-type"] == PROBLEM_JSON
+        problem = lost.json()
+        assert problem["xid"] == 4242
+        assert problem["timeline"] == "00000002"
+        assert problem["status"] == 500
+        assert problem["title"] == "Commit outcome unknown"
+
+        exhausted = await client.get("/conflict")
+        assert exhausted.status_code == 503, exhausted.text
+        assert exhausted.json()["sqlstate"] == "40001"
+        assert exhausted.json()["category"] == "serialization"
+        assert "retry-after" not in exhausted.headers
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header"), [(0.2, "1"), (1.0, "1"), (1.01, "2"), (0.0, "1"), (29.5, "30")]
+)
+def test_open_breaker_retry_after_is_whole_seconds_rounded_up(
+    retry_after: float, header: str
+) -> None:
+    problem = problem_for(CircuitOpenError("db", retry_after))
+    assert problem is not None
+    assert problem.status == 503
+    assert problem.headers == {"Retry-After": header}
+    assert "db" not in problem.detail  # the breaker's name (host:port) stays inside
+
+
+def test_problem_for_leaves_unknown_and_application_errors_alone() -> None:
+    assert problem_for(ValueError("mine")) is None
+    assert problem_for(ConnectionRefusedError("my HTTP client's")) is None  # no unit's note
+    forced = problem_for(CircuitOpenError("db", math.inf, state="forced_open"))
+    assert forced is not None
+    assert forced.headers == {}
+    deadline = problem_for(DeadlineExceeded("late", name="u", deadline=2.0, attempts=3))
+    assert deadline is not None
+    assert (deadline.status, deadline.extensions) == (504, {"attempts": 3})
+
+
+def test_dependency_scope_follows_the_installed_fastapi() -> None:
+    dep = unit_of_work()
+    if SUPPORTS_DEPENDENCY_SCOPE:
+        assert dep.scope == "function"  # commit before the response is sent
+        assert unit_of_work(commit="after_response").scope == "request"
+    with pytest.raises(ValueError, match="before_response"):
+        unit_of_work(commit="later")  # type: ignore[arg-type]
+
+
+async def test_outage_through_the_fault_proxy_503_with_retry_after_then_200(
+    shop_url: str, toxiproxy_postgres: Any
+) -> None:
+    proxied = toxiproxy_postgres(shop_url)
+    breaker = CircuitBreaker(
+        "example-db", consecutive_failures=2, open_for=0.5, open_for_max=1.0, open_jitter=0.0
+    )
+    app = create_app(
+        proxied.url,
+        retry=FAST_RETRY,
+        breaker=breaker,
+        deadline=3.0,
+        engine_options={"connect_timeout": 1},
+    )
+    async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        assert (await client.get("/accounts/1")).status_code == 200
+        with proxied.down():
+            deadline = time.monotonic() + 20
+            while True:
+                answer = await client.get("/accounts/1")
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["content-type"] == PROBLEM_JSON
+                if "retry-after" in answer.headers:
+                    break
+                assert time.monotonic() < deadline, "the breaker never opened"
+            seconds = answer.headers["retry-after"]
+            assert seconds.isdigit()
+            assert int(seconds) >= 1
+            assert answer.json()["breaker_state"] == "open"
+            ready = await client.get("/ready")
+            assert ready.status_code == 503
+            assert ready.json()["breakers"][0]["state"] == "open"
+        deadline = time.monotonic() + 20
+        while (answer := await client.get("/accounts/1")).status_code != 200:
+            assert answer.status_code == 503, answer.text
+            assert time.monotonic() < deadline, "no 200 within 20 s after the outage"
+            await _pause(0.05)
+        assert answer.json() == {"id": 1, "balance": 100}
+        assert (await client.get("/ready")).status_code == 200
+
+
+async def _pause(seconds: float) -> None:
+    import anyio
+
+    await anyio.sleep(seconds)  # bounded poll
