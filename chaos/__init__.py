@@ -1,14 +1,9 @@
-"""The resilient_db chaos suite: real faults, a transfer workload and invariants.
+"""This project's own chaos release suite, built on the public engine :mod:`resilient_db.chaos`.
 
-Run it with ``./scripts/chaos`` (or ``python -m chaos --help``). The pieces:
-
-* :mod:`chaos.workload` — transfers between accounts through :class:`resilient_db.Database`,
-  one record per operation (acknowledged / failed / unknown);
-* :mod:`chaos.scenarios` — one fault per scenario (Toxiproxy toxics and server faults);
-* :mod:`chaos.invariants` — the checks run after every scenario;
-* :mod:`chaos.metrics` — per-phase throughput, errors, latency and recovery figures;
-* :mod:`chaos.runner` — sets up the proxy, runs scenarios, collects results;
-* :mod:`chaos.report` — the text table and the JSON report.
+* :mod:`chaos.transfer` — the transfer workload (money between accounts, one op id each) and
+  its ``money_conserved`` invariant;
+* ``python -m chaos`` / ``./scripts/chaos`` — every scenario of
+  :data:`resilient_db.chaos.SCENARIOS` against it (``--quick``: the CI subset).
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plugins() -> list[Callable[[Any], None]]:
     registrars: list[Callable[[Any], None]] = []
-    for module_name in ("resilient_db.toxiproxy._cli",):
+    for module_name in ("resilient_db.toxiproxy._cli", "resilient_db.chaos._cli"):
         try:
             module = importlib.import_module(module_name)
         except ImportError:  # pragma: no cover - optional part not installed
