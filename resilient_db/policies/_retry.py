@@ -19,18 +19,13 @@ by raising through it, so the unit of work's typed outcomes pass through unchang
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from types import TracebackType
 from typing import Final, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_always, stop_after_attempt
-from tenacity.stop import stop_base
-from tenacity.wait import wait_base
 
-from resilient_db._errors import ConfigurationError
+from resilient_db.policies import _retry_policy
 from resilient_db.policies._budget import RetryBudget
 from resilient_db.policies._clock import Clock
 from resilient_db.policies._retry_policy import (
@@ -43,6 +38,19 @@ from resilient_db.policies._retry_policy import (
     RetryPolicy,
     RetryStatistics,
     StopReason,
+    is_testing,
+    set_testing,
+)
+from resilient_db.policies._retry_strategies import (
+    Failed,
+    Labelled,
+    PolicyWait,
+    Run,
+    StopBeforeDeadline,
+    StopWithoutBudget,
+    checkpoint,
+    failed_attempt,
+    give_up,
 )
 
 __all__ = [
@@ -65,63 +73,6 @@ T = TypeVar("T")
 
 logger = logging.getLogger("resilient_db")
 
-# --- testing switch -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Testing:
-    attempts: int
-    cap: bool
-
-
-_testing: _Testing | None = None
-
-
-class _RestoreTesting:
-    """Returned by :func:`set_testing`; as a context manager it restores the old mode."""
-
-    __slots__ = ("_old",)
-
-    def __init__(self, old: _Testing | None) -> None:
-        self._old = old
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        global _testing
-        _testing = self._old
-
-
-def set_testing(testing: bool, *, attempts: int = 1, cap: bool = False) -> _RestoreTesting:
-    """Turn testing mode on or off (like ``stamina.set_testing``).
-
-    In testing mode retries do not sleep (they only yield to the event loop) and every
-    policy makes exactly ``attempts`` attempts, or at most ``attempts`` when ``cap`` is
-    true. Usable as a context manager: ``with set_testing(True): ...`` restores the
-    previous mode on exit.
-    """
-    global _testing
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        raise ConfigurationError(
-            f"`set_testing(attempts={attempts!r})` must be an int >= 1; "
-            "fix: use attempts=1 to disable retries in tests"
-        )
-    old = _testing
-    _testing = _Testing(attempts, cap) if testing else None
-    return _RestoreTesting(old)
-
-
-def is_testing() -> bool:
-    """Whether :func:`set_testing` mode is active."""
-    return _testing is not None
-
-
 # --- tenacity strategies ----------------------------------------------------------------
 
 _REMEDY: Final[Mapping[str, str]] = {
@@ -132,92 +83,6 @@ _REMEDY: Final[Mapping[str, str]] = {
     "budget": "the shared RetryBudget refused another retry (many retries recently: a "
     "retry storm guard); check the database's health, or enlarge the budget",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    """A failed attempt as tenacity sees it: a result, never an exception thrown through."""
-
-    error: Exception
-    decision: RetryDecision
-
-
-class _Run:
-    """Mutable per-call state of one retrying call (never shared between calls)."""
-
-    __slots__ = ("previous", "reason", "total_sleep")
-
-    def __init__(self) -> None:
-        self.previous: float | None = None
-        self.reason: StopReason = "attempts"
-        self.total_sleep = 0.0
-
-
-def _failed(rs: RetryCallState) -> _Failed:
-    outcome = rs.outcome
-    assert outcome is not None
-    failed = outcome.result()
-    assert isinstance(failed, _Failed)
-    return failed
-
-
-class _Labelled(stop_base):
-    """A stop strategy that records why it stopped."""
-
-    def __init__(self, inner: stop_base, reason: StopReason, run: _Run) -> None:
-        self.inner, self.reason, self.run = inner, reason, run
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        if self.inner(retry_state):
-            self.run.reason = self.reason
-            return True
-        return False
-
-
-class _StopBeforeDeadline(stop_base):
-    """Stop when the upcoming sleep would end after ``limit`` (on ``clock``)."""
-
-    def __init__(self, clock: Callable[[], float], limit: float) -> None:
-        self.clock, self.limit = clock, limit
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.clock() + retry_state.upcoming_sleep > self.limit
-
-
-class _StopWithoutBudget(stop_base):
-    """Stop when the shared budget refuses a token (asked last: it spends one)."""
-
-    def __init__(self, budget: RetryBudget) -> None:
-        self.budget = budget
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return not self.budget.withdraw()
-
-
-class _PolicyWait(wait_base):
-    """The policy's backoff for the failed attempt's category and ``retry_after`` hint."""
-
-    def __init__(self, policy: RetryPolicy, run: _Run, testing: bool) -> None:
-        self.policy, self.run, self.testing = policy, run, testing
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        if self.testing:
-            return 0.0
-        decision = _failed(retry_state).decision
-        return self.policy.backoff(
-            retry_state.attempt_number,
-            category=decision.category,
-            previous=self.run.previous,
-            retry_after=decision.retry_after,
-        )
-
-
-def _give_up(rs: RetryCallState) -> None:
-    return None  # ends the iteration (StopAsyncIteration); the loop re-raises the original
-
-
-async def _checkpoint(seconds: float) -> None:
-    await asyncio.sleep(0)
 
 
 # --- the runner -----------------------------------------------------------------------
@@ -292,30 +157,30 @@ class RetryLoop:
         self.policy, self.budget, self.hooks, self.name = policy, budget, hooks, name
         clock = self._clock = policy.clock if clock is None else clock
         self.start = clock() if start is None else start
-        testing = self._testing = _testing
+        testing = self._testing = _retry_policy._testing
         max_attempts = policy.attempts
         if testing is not None:
             max_attempts = min(testing.attempts, max_attempts) if testing.cap else testing.attempts
         limit = float("inf") if policy.deadline is None else self.start + policy.deadline
         if deadline_at is not None and deadline_at < limit:
             limit = deadline_at
-        run = self._run = _Run()
-        stop = _Labelled(stop_after_attempt(max_attempts), "attempts", run) | _Labelled(
-            _StopBeforeDeadline(clock, limit), "deadline", run
+        run = self._run = Run()
+        stop = Labelled(stop_after_attempt(max_attempts), "attempts", run) | Labelled(
+            StopBeforeDeadline(clock, limit), "deadline", run
         )
         if budget is not None:
-            stop = stop | _Labelled(_StopWithoutBudget(budget), "budget", run)
+            stop = stop | Labelled(StopWithoutBudget(budget), "budget", run)
         retrying = AsyncRetrying(
             stop=stop,
-            wait=_PolicyWait(policy, run, testing is not None),
+            wait=PolicyWait(policy, run, testing is not None),
             retry=retry_always,
-            sleep=_checkpoint if testing is not None else policy.sleep,
+            sleep=checkpoint if testing is not None else policy.sleep,
             before_sleep=self._before_sleep,
-            retry_error_callback=_give_up,
+            retry_error_callback=give_up,
         )
         self._iter = retrying.__aiter__()
         self._attempts: RetryCallState | None = None
-        self._last = _Failed(first, decision)
+        self._last = Failed(first, decision)
 
     @property
     def attempts(self) -> int:
@@ -325,7 +190,7 @@ class RetryLoop:
 
     def failed(self, exc: Exception, decision: RetryDecision) -> None:
         """Record another retryable failure (call :meth:`backoff` next)."""
-        self._last = _Failed(exc, decision)
+        self._last = Failed(exc, decision)
 
     async def backoff(self) -> None:
         """Sleep before the next attempt, or re-raise the last failure if the policy stops."""
@@ -372,7 +237,7 @@ class RetryLoop:
 
     def _before_sleep(self, rs: RetryCallState) -> None:
         seconds = float(rs.upcoming_sleep)
-        failed = _failed(rs)
+        failed = failed_attempt(rs)
         run, name, last = self._run, self.name, failed.error
         attempt = int(rs.attempt_number)
         category = failed.decision.category

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
+from types import MappingProxyType, TracebackType
 from typing import Final, Literal, Protocol
 
 from resilient_db._errors import ConfigurationError
@@ -32,6 +32,8 @@ __all__ = [
     "RetryPolicy",
     "RetryStatistics",
     "StopReason",
+    "is_testing",
+    "set_testing",
 ]
 
 Jitter = Literal["full", "decorrelated", "none"]
@@ -294,3 +296,60 @@ class RetryHooks(Protocol):
     def on_finish(self, statistics: RetryStatistics) -> None:
         """Called once when the call ends (success, give-up, or cancellation)."""
         return
+
+
+# --- testing switch -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Testing:
+    attempts: int
+    cap: bool
+
+
+_testing: _Testing | None = None
+
+
+class _RestoreTesting:
+    """Returned by :func:`set_testing`; as a context manager it restores the old mode."""
+
+    __slots__ = ("_old",)
+
+    def __init__(self, old: _Testing | None) -> None:
+        self._old = old
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        global _testing
+        _testing = self._old
+
+
+def set_testing(testing: bool, *, attempts: int = 1, cap: bool = False) -> _RestoreTesting:
+    """Turn testing mode on or off (like ``stamina.set_testing``).
+
+    In testing mode retries do not sleep (they only yield to the event loop) and every
+    policy makes exactly ``attempts`` attempts, or at most ``attempts`` when ``cap`` is
+    true. Usable as a context manager: ``with set_testing(True): ...`` restores the
+    previous mode on exit.
+    """
+    global _testing
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise ConfigurationError(
+            f"`set_testing(attempts={attempts!r})` must be an int >= 1; "
+            "fix: use attempts=1 to disable retries in tests"
+        )
+    old = _testing
+    _testing = _Testing(attempts, cap) if testing else None
+    return _RestoreTesting(old)
+
+
+def is_testing() -> bool:
+    """Whether :func:`set_testing` mode is active."""
+    return _testing is not None

@@ -1,8 +1,9 @@
 """The units stage: its internal surface for the stages above it."""
 
+from resilient_db.engine import engine_health_check
 from resilient_db.units._blocks import AttemptBlock, Attempts, Transaction
 from resilient_db.units._commit import CommitOutcome
-from resilient_db.units._database import Database, engine_health_check
+from resilient_db.units._database import Database
 from resilient_db.units._decorator import INJECTED, transactional
 from resilient_db.units._keys import KeyRecord, KeyState, Ledger, create_ledger
 from resilient_db.units._options import (

@@ -17,7 +17,7 @@ from resilient_db.units._attempt import Attempt
 from resilient_db.units._context import Active, Call, UnitContext, joinable
 from resilient_db.units._options import DeadlineExceeded, UnitOptions
 from resilient_db.units._outcome import Committed, Ended, Retry
-from resilient_db.units._runner import deadline_error, open_unit
+from resilient_db.units._runner import deadline_error, finished, open_unit, started
 
 __all__ = ["AttemptBlock", "Attempts", "Transaction"]
 
@@ -70,7 +70,15 @@ class Transaction:
             self._joined = joined
             return joined.session
         call = self._call = Call(self._options, ctx.clock())
-        self._attempt = await _enter(ctx, call)
+        observed = bool(ctx.reporter.listeners)
+        if observed:
+            started(ctx, call)
+        try:
+            self._attempt = await _enter(ctx, call)
+        except BaseException as exc:
+            if observed:
+                finished(ctx, call, exc)
+            raise
         assert self._attempt.session is not None
         return self._attempt.session
 
@@ -87,7 +95,14 @@ class Transaction:
         outcome = await _settle(self._attempt, exc)
         # The body is never retried here: a retryable error ends the block like any other.
         error = None if isinstance(outcome, Committed) else outcome.error
-        _leave(self._ctx, self._call, error)
+        try:
+            _leave(self._ctx, self._call, error)
+        except BaseException as late:
+            error = late
+            raise
+        finally:
+            if self._ctx.reporter.listeners:
+                finished(self._ctx, self._call, error)
         if error is not None and error is not exc:
             raise error
         # None: committed; ``exc``: the original propagates unchanged

@@ -8,22 +8,19 @@ same task (no retries of their own).
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from resilient_db._errors import ResilientDBError
-from resilient_db._validate import check_callable, check_type, config_error, unknown_option
+from resilient_db._validate import check_callable, check_type, config_error
 from resilient_db.classify import Classifier, default_classifier
-from resilient_db.engine import install_pool_policy
+from resilient_db.engine import EndpointKey, endpoint_key, engine_health_check, install_pool_policy
 from resilient_db.policies import CircuitBreaker, Clock, RetryBudget, RetryPolicy, default_clock
 from resilient_db.units._blocks import Attempts, Transaction
 from resilient_db.units._commit import CommitOutcome, CommitResolutions, transaction_status
@@ -37,8 +34,9 @@ from resilient_db.units._options import (
     _seconds,
 )
 from resilient_db.units._runner import run_unit
+from resilient_db.units._session import did_you_mean, session_factory
 
-__all__ = ["Database", "engine_health_check"]
+__all__ = ["Database"]
 
 logger = logging.getLogger("resilient_db")
 
@@ -46,84 +44,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., None])
 
-_SELECT_1 = text("SELECT 1")
-
-_breakers: weakref.WeakKeyDictionary[Any, CircuitBreaker] = weakref.WeakKeyDictionary()
+#: One breaker per endpoint (host, port, database, role), shared by every Database on it.
+_breakers: dict[EndpointKey, CircuitBreaker] = {}
 _budgets: weakref.WeakKeyDictionary[Any, RetryBudget] = weakref.WeakKeyDictionary()
 _resolutions: weakref.WeakKeyDictionary[Any, CommitResolutions] = weakref.WeakKeyDictionary()
-
-
-def engine_health_check(engine: AsyncEngine) -> Callable[[], Awaitable[None]]:
-    """A breaker health check for ``engine``: a pooled connection (a new one during an
-    outage) and ``SELECT 1``. Pass it to ``CircuitBreaker(..., health_check=...)``.
-    """
-
-    async def health_check() -> None:
-        conn = await engine.connect()
-        try:
-            await conn.execute(_SELECT_1)
-            await conn.rollback()
-        finally:
-            await conn.close()
-
-    return health_check
-
-
-def _endpoint(engine: AsyncEngine) -> str:
-    url = engine.url
-    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
-
-
-def _did_you_mean(init: F) -> F:
-    """Unknown keyword options get a did-you-mean instead of Python's bare TypeError."""
-    known = tuple(p for p in inspect.signature(init).parameters if p != "self")
-
-    @functools.wraps(init)
-    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
-        for option in kwargs.keys() - set(known):
-            raise unknown_option("Database", option, [k for k in known if k != "engine"])
-        init(self, *args, **kwargs)
-
-    return checked  # type: ignore[return-value]
-
-
-def _session_factory(engine: AsyncEngine, options: object) -> Callable[[], AsyncSession]:
-    """``AsyncSession(engine, **options)``, with ``options`` checked now, not at a unit."""
-    if options is None:
-        options = {}
-    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
-        raise config_error(
-            "Database",
-            "session_options",
-            options,
-            "a dict of AsyncSession keyword arguments",
-            "e.g. session_options={'autoflush': False}",
-            wrong_type=True,
-        )
-    merged = {"expire_on_commit": False, **options}
-    if "bind" in merged or "binds" in merged:
-        raise config_error(
-            "Database",
-            "session_options",
-            dict(options),
-            "free of bind/binds (the session is bound to the Database's engine)",
-            "pass that engine as Database(engine)",
-        )
-    known = [p for p in inspect.signature(AsyncSession.sync_session_class).parameters if p]
-    for option in merged:
-        if option not in known and option != "sync_session_class":
-            raise unknown_option("Database(session_options=...) -> AsyncSession", option, known)
-    try:
-        AsyncSession(engine, **merged).sync_session.close()
-    except (TypeError, ValueError) as exc:
-        raise config_error(
-            "Database",
-            "session_options",
-            dict(options),
-            f"accepted by AsyncSession ({exc})",
-            "see sqlalchemy.orm.Session() for its options",
-        ) from None
-    return functools.partial(AsyncSession, engine, **merged)
 
 
 class Database:
@@ -139,7 +63,7 @@ class Database:
     db.aclose()``) waits for background commit resolutions and disposes the engine.
     """
 
-    @_did_you_mean
+    @did_you_mean
     def __init__(
         self,
         engine: AsyncEngine,
@@ -231,7 +155,7 @@ class Database:
         )
         self.classifier = classifier if classifier is not None else default_classifier()
         key = engine.sync_engine
-        self.breaker = self._shared_breaker(key, clock) if breaker is _DEFAULT else breaker
+        self.breaker = self._shared_breaker(clock) if breaker is _DEFAULT else breaker
         self.budget = self._shared_budget(key, clock) if budget is _DEFAULT else budget
         self.allowance = float(allowance)
         self.resolve_timeout = float(resolve_timeout)
@@ -244,7 +168,7 @@ class Database:
         self._ctx = UnitContext(
             key=key,
             engine=engine,
-            make_session=_session_factory(engine, session_options),
+            make_session=session_factory(engine, session_options),
             breaker=self.breaker,
             budget=self.budget,
             classifier=self.classifier,
@@ -260,13 +184,15 @@ class Database:
 
     # -- shared per-endpoint / per-engine parts ------------------------------------------
 
-    def _shared_breaker(self, key: object, clock: Clock) -> CircuitBreaker:
-        breaker = _breakers.get(key)
+    def _shared_breaker(self, clock: Clock) -> CircuitBreaker:
+        endpoint = endpoint_key(self.engine)
+        breaker = _breakers.get(endpoint)
         if breaker is None:
+            # The probe opens a fresh connection: it tests the server, not the pool.
             kwargs: dict[str, Any] = {"health_check": engine_health_check(self.engine)}
             if clock is not default_clock:
                 kwargs["clock"] = clock
-            breaker = _breakers[key] = CircuitBreaker(_endpoint(self.engine), **kwargs)
+            breaker = _breakers[endpoint] = CircuitBreaker(str(endpoint), **kwargs)
         return breaker
 
     @staticmethod
@@ -304,7 +230,7 @@ class Database:
     def _check_open(self) -> None:
         if self._closed:
             raise ResilientDBError(
-                f"this Database (engine {_endpoint(self.engine)}) was closed by aclose(); "
+                f"this Database (engine {endpoint_key(self.engine)}) was closed by aclose(); "
                 "fix: create a new Database, or run units before closing it"
             )
 
@@ -343,7 +269,7 @@ class Database:
         return await transaction_status(self.engine, xid, timeout=timeout, timeline=timeline)
 
     async def health_check(self) -> None:
-        """A cheap probe: a connection from the pool (a new one during an outage), SELECT 1."""
+        """A probe of the server: a fresh connection (never a pooled one), SELECT 1, bounded."""
         await engine_health_check(self.engine)()
 
     # -- options -----------------------------------------------------------------------

@@ -99,7 +99,10 @@ class UnitOptions:
 class UnitEvent:
     """Something that happened to a unit of work; passed to every :class:`UnitListener`.
 
-    ``event`` is one of the stable names ``unit.attempt_failed``, ``unit.deadline_exceeded``,
+    ``event`` is one of the stable names ``unit.started`` and ``unit.finished`` (around
+    each outermost unit, on the caller's task; ``outcome`` ``ok`` or ``error``,
+    ``attempt`` the attempts made; only emitted when there are listeners),
+    ``unit.attempt_failed``, ``unit.deadline_exceeded``,
     ``commit.resolved`` (``outcome`` is ``committed``, ``aborted`` or ``unknown``; after a
     ``CommitOutcomeUnknown`` it arrives later, from the background resolution),
     ``commit.unknown``, ``retry.scheduled`` (``sleep`` is the backoff about to be slept) and

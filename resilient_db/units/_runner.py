@@ -28,7 +28,7 @@ from resilient_db.units._context import Call, UnitContext
 from resilient_db.units._options import DeadlineExceeded, UnitEvent, UnitOptions
 from resilient_db.units._outcome import Outcome, Raise, Retry
 
-__all__ = ["deadline_error", "drive", "open_unit", "run_unit"]
+__all__ = ["deadline_error", "drive", "finished", "open_unit", "run_unit", "started"]
 
 T = TypeVar("T")
 
@@ -38,6 +38,19 @@ async def run_unit(
 ) -> T:
     """Run ``body`` as one unit of work (retried whole) within ``options.deadline``."""
     call = Call(options, ctx.clock())
+    if ctx.reporter.listeners:
+        started(ctx, call)
+        try:
+            result = await _run(ctx, call, body)
+        except BaseException as exc:
+            finished(ctx, call, exc)
+            raise
+        finished(ctx, call, None)
+        return result
+    return await _run(ctx, call, body)
+
+
+async def _run(ctx: UnitContext, call: Call, body: Callable[[AsyncSession], Awaitable[T]]) -> T:
     if not call.arm(ctx.clock):
         return await drive(ctx, call, lambda: run_attempt(ctx, call, body))
     try:
@@ -92,6 +105,34 @@ async def drive(ctx: UnitContext, call: Call, step: Callable[[], Awaitable[Outco
             raise _annotated(call, error)
         loop.succeeded()
         return outcome.value
+
+
+def started(ctx: UnitContext, call: Call) -> None:
+    """``unit.started`` for the listeners (telemetry opens the unit's span on it)."""
+    ctx.reporter.emit(
+        UnitEvent(event="unit.started", name=call.options.name, attempt=0, elapsed=0.0),
+        log=False,
+    )
+
+
+def finished(ctx: UnitContext, call: Call, error: BaseException | None) -> None:
+    """``unit.finished`` for the listeners: ``outcome`` ``ok`` or ``error``."""
+    cls = call.last if error is not None else None
+    ctx.reporter.emit(
+        UnitEvent(
+            event="unit.finished",
+            name=call.options.name,
+            attempt=max(call.attempts, 1),
+            elapsed=ctx.clock() - call.started,
+            outcome="ok" if error is None else "error",
+            error_type=type(error).__qualname__ if error is not None else None,
+            category=cls.category if cls is not None else None,
+            sqlstate=cls.sqlstate if cls is not None else None,
+            kind=cls.kind.value if cls is not None else None,
+            xid=getattr(error, "xid", None),
+        ),
+        log=False,
+    )
 
 
 def _annotated(call: Call, error: BaseException) -> BaseException:
