@@ -50,6 +50,8 @@ def make(clock: Clock, **kw: Any) -> tuple[CircuitBreaker, list[BreakerEvent]]:
         "listeners": [events.append],
     }
     options.update(kw)
+    if "health_check" in kw:
+        options.setdefault("confirm_trips", False)  # these tests drive OPEN directly
     return CircuitBreaker("db", **options), events
 
 
@@ -347,7 +349,7 @@ async def test_health_probe_runs_once_per_interval_and_heals_fast() -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(200):
                 tg.start_soon(caller)
-            while rejected < 199:
+            while rejected < 199 or probes < 1:  # the probe runs in its own task
                 await anyio.lowlevel.checkpoint()
             assert probes == 1  # one probe, whatever the concurrency
             gate.set()
@@ -376,7 +378,7 @@ async def test_probe_timeout_and_cancellation_reset_probing() -> None:
     async def hangs() -> None:
         await anyio.sleep_forever()
 
-    b, _ = make(clock, health_check=hangs, probe_interval=0.5, probe_timeout=0.01)
+    b, _ = make(clock, health_check=hangs, probe_interval=0.5, probe_timeout=0.05)
     fail(b, 4)
     clock.now += 0.5
     with anyio.fail_after(5):
@@ -384,12 +386,39 @@ async def test_probe_timeout_and_cancellation_reset_probing() -> None:
             await b.acquire_async()  # the probe timed out
         assert b.statistics().probe_failures == 1
         clock.now += 0.5
-        with anyio.move_on_after(0.01, shield=False):  # the caller itself is cancelled
+        with anyio.move_on_after(0.01):  # the caller itself is cancelled...
             await b.acquire_async()
+        assert b.statistics().probes == 2
+        await b.wait_probe()  # ...but not its probe, which ends on its own timeout
+        assert b.statistics().probe_failures == 2
         clock.now += 0.5
         with pytest.raises(CircuitOpenError):
-            await b.acquire_async()  # a new probe ran (not wedged by the cancelled one)
+            await b.acquire_async()  # a new probe ran (not wedged by the cancelled caller)
     assert b.statistics().probes == 3
+
+
+async def test_slow_probe_with_short_deadline_callers_still_heals() -> None:
+    """#9 case 4: a 200 ms health check, callers with 100 ms deadlines: the breaker closes."""
+    clock = Clock()
+
+    async def slow_but_healthy() -> None:
+        await anyio.sleep(0.2)
+
+    b, _ = make(clock, health_check=slow_but_healthy, probe_interval=0.5, probe_timeout=2.0)
+    fail(b, 4)
+    clock.now += 0.5
+    with anyio.fail_after(5):
+        with anyio.move_on_after(0.1):  # the prober's caller gives up after 100 ms
+            await b.acquire_async()
+        for _ in range(3):  # others fail fast meanwhile
+            with pytest.raises(CircuitOpenError):
+                await b.acquire_async()
+        await b.wait_probe()
+        assert st(b) == "half_open"  # the probe finished although its caller left
+        assert b.statistics().probes == 1
+        permit = await b.acquire_async()
+        permit.success()
+    assert st(b) == "closed"
 
 
 def test_sync_acquire_never_probes() -> None:
@@ -541,6 +570,7 @@ async def test_with_a_health_check_only_a_passing_probe_leaves_open() -> None:
         open_for=1.0,
         probe_interval=0.5,
         health_check=health_check,
+        confirm_trips=False,
         clock=lambda: now[0],
     )
     for _ in range(2):

@@ -61,9 +61,13 @@ def endpoint_key(engine: AsyncEngine | URL) -> EndpointKey:
         if value:
             role = str(value)
             break
+    host, port = url.host, url.port
+    hosts = url.query.get("host")  # multi-host URLs: ?host=h1:5432&host=h2:5433
+    if host is None and hosts:
+        host = ",".join(hosts) if isinstance(hosts, tuple) else str(hosts)
     return EndpointKey(
-        host=url.host or "localhost",
-        port=int(url.port or 5432),
+        host=host or "localhost",
+        port=int(port or 5432),
         database=url.database or "",
         role=role,
     )

@@ -8,7 +8,13 @@ from resilient_db.policies._breaker import (
     BreakerStatistics,
     CircuitBreaker,
 )
-from resilient_db.policies._budget import BudgetStatistics, RetryBudget
+from resilient_db.policies._breaker_store import (
+    BreakerStore,
+    DecisionSink,
+    FleetDecision,
+    LocalBreakerStore,
+)
+from resilient_db.policies._budget import DEFAULT_FREE_CATEGORIES, BudgetStatistics, RetryBudget
 from resilient_db.policies._retry import (
     CategoryBackoff,
     RetryDecision,
@@ -22,14 +28,19 @@ from resilient_db.policies._retry import (
 )
 
 __all__ = [
+    "DEFAULT_FREE_CATEGORIES",
     "BreakerEvent",
     "BreakerListener",
     "BreakerPermit",
     "BreakerState",
     "BreakerStatistics",
+    "BreakerStore",
     "BudgetStatistics",
     "CategoryBackoff",
     "CircuitBreaker",
+    "DecisionSink",
+    "FleetDecision",
+    "LocalBreakerStore",
     "RetryBudget",
     "RetryDecision",
     "RetryEvent",

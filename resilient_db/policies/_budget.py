@@ -9,22 +9,48 @@ Formula (a gRPC-style token bucket with Finagle's per-second floor):
   left the retry is refused and the caller re-raises its last error. A refused withdrawal
   takes nothing, so the bucket never drains below zero.
 
-Hence over any interval of ``T`` seconds with ``S`` successes the number of retries is at
-most ``max_tokens + token_ratio * S + per_second * T``: a burst of ``max_tokens`` retries,
-then at most 10 % extra load (default ratio) plus a small floor, so a total outage does
-not multiply the load on the database. First attempts never touch the budget. A retry
-withdraws its token when it is *scheduled*, so retries that are sleeping already count.
+Hence over any interval of ``T`` seconds with ``S`` successes the number of *paid*
+retries is at most ``max_tokens + token_ratio * S + per_second * T``: a burst of
+``max_tokens`` retries, then at most 10 % extra load (default ratio) plus a small floor, so
+a total outage does not multiply the load on the database. First attempts never touch the
+budget. A retry withdraws its token when it is *scheduled*, so retries that are sleeping
+already count.
+
+**Which retries pay** (``withdraw(category)``): a budget bounds *amplification*, i.e. extra
+load on a server that is struggling, not *recovery* from churn on a healthy one. A retry
+whose failure was the loss of an already-accepted connection (category ``connection_lost``:
+a killed backend, an idle timeout, a pool-wide invalidation, a pooler restart) is free: the
+failure was the old connection's, and the retry costs one new connection. If the server is
+really down that new connection fails with ``connect_failed`` (or ``timeout``,
+``server_unavailable``...), and *that* retry pays, so an outage stays bounded; per unit the
+retry policy's ``attempts`` bounds a run of free retries. Every other category pays:
+``connect_failed``, ``timeout``, ``server_unavailable``, ``overload``, ``failover``,
+``serialization``, ``deadlock``, ``lock_timeout``... (contention and overload are exactly
+what retries amplify). ``free_categories`` changes the set; ``frozenset()`` makes every
+retry pay (Finagle's rule). A withdrawal without a category always pays.
+
+Compared with the usual budgets (all per client/process, as this one): Finagle's
+``RetryBudget`` (deposit ratio 0.2 per request, 10 retries/s floor, every retry pays),
+gRPC's retry throttling (``maxTokens``/``tokenRatio``: failures take a token, successes
+give ``tokenRatio``; retries stop below half the bucket) and Envoy's ``retry_budget``
+(a percentage of active requests, minimum concurrency). This one is Finagle's shape with
+gRPC's ratio, plus the rule above: churn on a healthy server is not what they meant to
+throttle.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from resilient_db._errors import ConfigurationError
 from resilient_db.policies._clock import Clock, default_clock
 
-__all__ = ["BudgetStatistics", "RetryBudget"]
+__all__ = ["DEFAULT_FREE_CATEGORIES", "BudgetStatistics", "RetryBudget"]
+
+#: Retries of these failure categories take no token (see the module documentation).
+DEFAULT_FREE_CATEGORIES: frozenset[str] = frozenset({"connection_lost"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -41,6 +67,8 @@ class BudgetStatistics:
     refused: int
     #: Successes deposited so far.
     deposited: int
+    #: Retries allowed without a token (``free_categories``).
+    free: int = 0
 
 
 def _check_number(option: str, value: object, *, low: float, fix: str) -> float:
@@ -55,22 +83,40 @@ def _check_number(option: str, value: object, *, low: float, fix: str) -> float:
     return float(value)
 
 
+def _check_categories(value: object) -> frozenset[str]:
+    items: tuple[object, ...] = ()
+    ok = not isinstance(value, str) and isinstance(value, Iterable)
+    if ok:
+        items = tuple(value)  # type: ignore[arg-type]
+        ok = all(isinstance(c, str) for c in items)
+    if not ok:
+        raise ConfigurationError(
+            f"RetryBudget(free_categories={value!r}) must be an iterable of category names, "
+            "e.g. free_categories={'connection_lost'}, or frozenset() to make every retry pay"
+        )
+    return frozenset(str(c) for c in items)
+
+
 class RetryBudget:
     """Limits retries across all calls sharing it (create one per engine).
 
     ``max_tokens`` (default 50, >= 1) is the burst of retries allowed after a quiet period;
     ``token_ratio`` (default 0.1, >= 0) tokens are earned per success; ``per_second``
-    (default 10, >= 0) tokens are earned per second regardless of traffic. Intended for use
-    from one event loop (all operations are synchronous, so no lock is needed there).
+    (default 10, >= 0) tokens are earned per second regardless of traffic;
+    ``free_categories`` (default ``{"connection_lost"}``) are the failure categories whose
+    retries cost nothing (see the module documentation). Intended for use from one event
+    loop (all operations are synchronous, so no lock is needed there).
     """
 
     __slots__ = (
         "_clock",
         "_deposited",
+        "_free",
         "_last",
         "_refused",
         "_tokens",
         "_withdrawn",
+        "free_categories",
         "max_tokens",
         "per_second",
         "token_ratio",
@@ -82,6 +128,7 @@ class RetryBudget:
         max_tokens: float = 50.0,
         token_ratio: float = 0.1,
         per_second: float = 10.0,
+        free_categories: Iterable[str] = DEFAULT_FREE_CATEGORIES,
         clock: Clock = default_clock,
     ) -> None:
         self.max_tokens = _check_number(
@@ -93,6 +140,7 @@ class RetryBudget:
         self.per_second = _check_number(
             "per_second", per_second, low=0.0, fix="use e.g. per_second=10, or 0 to disable"
         )
+        self.free_categories = _check_categories(free_categories)
         if not callable(clock):
             raise ConfigurationError(
                 f"RetryBudget(clock=...) must be a callable returning seconds, got {clock!r}; "
@@ -104,6 +152,7 @@ class RetryBudget:
         self._withdrawn = 0
         self._refused = 0
         self._deposited = 0
+        self._free = 0
 
     def _refill(self) -> float:
         tokens = self._tokens
@@ -116,8 +165,15 @@ class RetryBudget:
                 self._tokens = tokens
         return tokens
 
-    def withdraw(self) -> bool:
-        """Ask for one retry: True (and one token is taken) or False (retry refused)."""
+    def withdraw(self, category: str | None = None) -> bool:
+        """Ask for one retry: True (and one token is taken) or False (retry refused).
+
+        ``category`` is the failure's category (``Classification.category``): a retry of a
+        category in ``free_categories`` is always allowed and takes no token.
+        """
+        if category is not None and category in self.free_categories:
+            self._free += 1
+            return True
         if self._refill() >= 1.0:
             self._tokens -= 1.0
             self._withdrawn += 1
@@ -144,6 +200,7 @@ class RetryBudget:
             withdrawn=self._withdrawn,
             refused=self._refused,
             deposited=self._deposited,
+            free=self._free,
         )
 
     def __repr__(self) -> str:
