@@ -16,18 +16,42 @@ from resilient_db.toxiproxy import AsyncToxiproxyClient, ToxiproxyServer
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def call(url: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> Any:
-    """One HTTP request: ``(status, decoded JSON or None)``."""
+def exchange(
+    url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One HTTP request: ``(status, response headers, raw body)``."""
     host, _, port = url.removeprefix("http://").partition(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
         payload = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        conn.request(method, path, body=payload, headers=sent)
         response = conn.getresponse()
-        data = response.read()
-        return response.status, (json.loads(data) if data else None)
+        return response.status, response.headers, response.read()
     finally:
         conn.close()
+
+
+def decode(data: bytes) -> Any:
+    """A body as JSON, or as text when it is not JSON (the reference's plain-text 404)."""
+    if not data:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data.decode("utf-8", "replace").strip()
+
+
+def call(url: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> Any:
+    """One HTTP request: ``(status, decoded JSON, text for a plain-text body, or None)``."""
+    status, _, data = exchange(url, method, path, body, raw=raw)
+    return status, decode(data)
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,8 +1,8 @@
 """Contract tests of the Toxiproxy HTTP API (every endpoint, status and error body).
 
 The same tests run against the embedded server and, when ``TOXIPROXY_URL`` is set, against an
-external Toxiproxy (marker ``toxiproxy_external``). Tests of the stricter input validation run
-against the embedded server only: the reference stalls or crashes on those inputs.
+external Toxiproxy (marker ``toxiproxy_external``). Tests of input that crashes the reference,
+and of the embedded server's strict mode, run against the embedded server only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from resilient_db.toxiproxy import ToxiproxyAPIError, ToxiproxyClient, ToxiproxyServer
-from tests._toxiproxy_support import call
+from tests._toxiproxy_support import call, exchange
 
 EXTERNAL = os.environ.get("TOXIPROXY_URL")
 
@@ -49,6 +49,12 @@ def api(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 def embedded_api() -> Iterator[str]:
     with ToxiproxyServer.in_thread() as server:
+        yield server.url
+
+
+@pytest.fixture
+def strict_api() -> Iterator[str]:
+    with ToxiproxyServer.in_thread(strict=True) as server:
         yield server.url
 
 
@@ -372,11 +378,13 @@ def test_populate(api: str, name: str) -> None:
 
 
 def test_unknown_path_and_wrong_method(api: str) -> None:
-    assert call(api, "GET", "/nothing/here")[0] == 404
-    assert call(api, "GET", "/proxies/a/toxics/b/c")[0] == 404
-    assert call(api, "DELETE", "/proxies")[0] == 405
-    assert call(api, "PUT", "/version")[0] == 405
-    assert call(api, "GET", "/reset")[0] == 405
+    for path in ("/nothing/here", "/proxies/a/toxics/b/c", "/proxies/"):
+        status, headers, data = exchange(api, "GET", path)
+        assert (status, data) == (404, b"404 page not found\n")  # plain text, as Go's router
+        assert headers["Content-Type"] == "text/plain; charset=utf-8"
+    for method, path in (("DELETE", "/proxies"), ("PUT", "/version"), ("GET", "/reset")):
+        status, _, data = exchange(api, method, path)
+        assert (status, data) == (405, b"")  # empty body
 
 
 def test_keep_alive(api: str) -> None:
@@ -399,7 +407,7 @@ def test_keep_alive(api: str) -> None:
 
 
 def test_toxiproxy_python_client(api: str, name: str) -> None:
-    """The reference Python client drives the server (through our lock-protected legacy())."""
+    """The reference Python client drives the server (through legacy(), no lock)."""
     from toxiproxy.exceptions import NotFound, ProxyExists
 
     client = ToxiproxyClient(api)
@@ -466,37 +474,64 @@ def test_client_unreachable() -> None:
     assert "cannot reach" in str(info.value)
 
 
-# -- stricter than the reference (embedded only) ------------------------------------------
+# -- input that crashes the reference, and strict mode (embedded only) ----------------------
 
 
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        ({"type": "slicer", "attributes": {"average_size": 0}}, "average_size"),
+        # these crash the reference's whole server: a 400 in every mode
+        ({"type": "slicer", "attributes": {"average_size": 0}}, "'average_size' must be >= 1"),
+        ({"type": "slicer"}, "average_size"),
         (
             {"type": "slicer", "attributes": {"average_size": 5, "size_variation": 6}},
+            "'size_variation' must be between 0 and 'average_size' (5)",
+        ),
+        (
+            {"type": "slicer", "attributes": {"average_size": 5, "size_variation": -1}},
             "size_variation",
         ),
-        ({"type": "bandwidth", "attributes": {"rate": 0}}, "rate"),
-        ({"type": "bandwidth"}, "rate"),
-        ({"type": "latency", "attributes": {"latency": -1}}, "latency"),
+        # a known field of the wrong JSON type: a 400 in the reference too
         ({"type": "latency", "attributes": {"latency": 1.5}}, "integer"),
         ({"type": "latency", "attributes": {"latency": "10"}}, "integer"),
         ({"type": "latency", "attributes": {"latency": True}}, "integer"),
-        ({"type": "latency", "attributes": {"delay": 10}}, "allowed: latency, jitter"),
         ({"type": "latency", "attributes": []}, "attributes"),
-        ({"type": "noop", "toxicity": 2}, "toxicity"),
         ({"type": "noop", "toxicity": "x"}, "toxicity"),
-        ({"type": "limit_data", "attributes": {"bytes": -5}}, "bytes"),
+        ({"type": "noop", "stream": 5}, "stream"),
     ],
 )
-def test_bad_toxic_input_is_400(embedded_api: str, body: dict[str, Any], fragment: str) -> None:
-    _create(embedded_api, "p")
-    status, answer = call(embedded_api, "POST", "/proxies/p/toxics", body)
+@pytest.mark.parametrize("mode", ["default", "strict"])
+def test_bad_toxic_input_is_400(mode: str, body: dict[str, Any], fragment: str) -> None:
+    with ToxiproxyServer.in_thread(strict=mode == "strict") as server:
+        _create(server.url, "p")
+        status, answer = call(server.url, "POST", "/proxies/p/toxics", body)
+        assert status == 400, answer
+        assert fragment in answer["error"]
+        assert answer["status"] == 400
+        assert call(server.url, "GET", "/proxies/p/toxics") == (200, [])
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"type": "bandwidth", "attributes": {"rate": 0}}, "rate"),
+        ({"type": "bandwidth"}, "rate"),
+        ({"type": "latency", "attributes": {"latency": -1}}, "latency"),
+        ({"type": "latency", "attributes": {"delay": 10}}, "allowed: latency, jitter"),
+        ({"type": "noop", "toxicity": 2}, "toxicity"),
+        ({"type": "noop", "toxicity": -0.5}, "toxicity"),
+        ({"type": "limit_data", "attributes": {"bytes": -5}}, "bytes"),
+        ({"type": "noop", "stream": "UPSTREAM"}, "stream"),
+    ],
+)
+def test_strict_mode_rejects_likely_mistakes(
+    strict_api: str, body: dict[str, Any], fragment: str
+) -> None:
+    _create(strict_api, "p")
+    status, answer = call(strict_api, "POST", "/proxies/p/toxics", body)
     assert status == 400, answer
     assert fragment in answer["error"]
-    assert answer["status"] == 400
-    assert call(embedded_api, "GET", "/proxies/p/toxics") == (200, [])
+    assert call(strict_api, "GET", "/proxies/p/toxics") == (200, [])
 
 
 def test_bad_toxic_update_is_400(embedded_api: str) -> None:
@@ -519,18 +554,24 @@ def test_bad_toxic_update_is_400(embedded_api: str) -> None:
     assert toxic["attributes"]["average_size"] == 5  # unchanged
 
 
-def test_bad_addresses_are_400(embedded_api: str) -> None:
-    status, body = call(embedded_api, "POST", "/proxies", {"name": "a", "upstream": "nohost"})
+def test_strict_mode_rejects_bad_addresses_and_duplicates(strict_api: str) -> None:
+    status, body = call(strict_api, "POST", "/proxies", {"name": "a", "upstream": "nohost"})
     assert status == 400
     assert "upstream" in body["error"]
     status, body = call(
-        embedded_api,
+        strict_api,
         "POST",
         "/proxies",
         {"name": "a", "upstream": "h:1", "listen": "127.0.0.1:99999"},
     )
     assert status == 400
     assert "listen" in body["error"]
+    twice = {"name": "d", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:9"}
+    status, body = call(strict_api, "POST", "/populate", [twice, twice])
+    assert status == 400
+    assert "duplicate" in body["error"]
+    assert body["proxies"] is None
+    assert call(strict_api, "GET", "/proxies") == (200, {})
 
 
 def test_config_file_populates(tmp_path: Any) -> None:
@@ -544,37 +585,3 @@ def test_config_file_populates(tmp_path: Any) -> None:
     bad.write_text('{"name": "pg"}')
     with pytest.raises(ValueError, match="JSON array"):
         ToxiproxyServer(config=bad)
-
-
-@pytest.mark.parametrize("transport", ["toxiproxy-python", "stdlib"])
-def test_client_transports_agree(
-    transport: str, api: str, name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Requests go through toxiproxy-python's API layer, or the standard library without it;
-    both give the same answers and the same errors."""
-    from resilient_db.toxiproxy import _client
-
-    if transport == "stdlib":
-        monkeypatch.setattr(_client, "_api_consumer", lambda: None)
-    else:
-        assert _client._api_consumer() is not None
-    client = ToxiproxyClient(api, timeout=5)
-    info = client.create_proxy(name=name, upstream="127.0.0.1:9")
-    with pytest.raises(ToxiproxyAPIError) as exists:
-        client.create_proxy(name=name, upstream="127.0.0.1:9")
-    assert exists.value.status == 409
-    assert client.set_upstream(name, "127.0.0.1:11").upstream == "127.0.0.1:11"
-    client.add_toxic(name, type="latency", name="lat", attributes={"latency": 5})
-    assert client.update_toxic(name, "lat", attributes={"latency": 7}).attributes["latency"] == 7
-    with pytest.raises(ToxiproxyAPIError) as bad:
-        client.add_toxic(name, type="nope")
-    assert bad.value.status == 400
-    client.delete_proxy(name)
-    with pytest.raises(ToxiproxyAPIError) as missing:
-        client.get_proxy(name)
-    assert missing.value.status == 404
-    assert info.listen_port > 0
-    unreachable = ToxiproxyClient("http://127.0.0.1:9", timeout=2)
-    with pytest.raises(ToxiproxyAPIError) as down:
-        unreachable.version()
-    assert down.value.status == 0

@@ -9,32 +9,40 @@ for synchronous code (``with ToxiproxyServer.in_thread() as server``) or from th
 (``resilient-db toxiproxy --host 127.0.0.1 --port 8474 --config proxies.json``).
 The server runs on asyncio (under anyio, use the asyncio backend).
 
+By default it behaves as the reference for every input the reference handles without crashing
+or wedging its process, stalls included (``bandwidth`` ``rate`` 0 holds the stream until the
+toxic is removed). Input that crashes the reference gets a 400 naming the attribute and its
+range (``slicer`` ``average_size`` <= 0, ``size_variation`` outside 0..``average_size``).
+``strict=True`` (``--strict`` on the command line, ``--toxiproxy-strict`` in the pytest
+plugin) also rejects likely mistakes with a 400; the list is :data:`STRICT_CHECKS`.
+
 Where it differs from the reference, on purpose:
 
-* ``reset_peer`` always ends with a TCP RST (``SO_LINGER`` 0) on both the client and the
-  upstream socket, also on connections that were open before the toxic was added (the
-  reference sends a plain FIN to those). An idle connection is never reset.
-* Input that stalls or crashes the reference gets a 400 naming the attribute and its allowed
-  range: ``slicer`` ``average_size`` 0 or ``size_variation`` > ``average_size``,
-  ``bandwidth`` ``rate`` <= 0, negative or non-integer attributes, unknown attribute names,
-  ``toxicity`` outside 0..1, malformed ``listen``/``upstream`` addresses, duplicate names in
-  a populate array.
 * A proxy created without ``listen`` binds ``127.0.0.1:0`` (loopback, ephemeral port).
+* ``slicer`` delays shorter than the event loop's timer resolution (1 ms) are batched: the
+  pieces keep their sizes and order and the pacing over a chunk is the same, but pieces due
+  within the same millisecond leave together.
+
+For a PostgreSQL URL, :class:`ToxiproxyPostgres` (the pytest plugin's ``toxiproxy_postgres``
+fixture returns one) gives the proxied URL as ``.url`` and fault helpers::
+
+    db = ToxiproxyPostgres.create(client, "postgresql+asyncpg://app@127.0.0.1:5432/app")
+    engine = create_async_engine(db.url)
+    with db.latency(200):
+        ...
 """
 
 from __future__ import annotations
 
-from resilient_db.toxiproxy._client import (
-    AsyncToxiproxyClient,
-    ProxyInfo,
-    ToxicInfo,
-    ToxiproxyAPIError,
-    ToxiproxyClient,
-)
-from resilient_db.toxiproxy._server import VERSION, ThreadedToxiproxyServer, ToxiproxyServer
-from resilient_db.toxiproxy._toxics import TOXIC_TYPES
+from resilient_db.toxiproxy._api import VERSION
+from resilient_db.toxiproxy._base import ProxyInfo, ToxicInfo, ToxiproxyAPIError
+from resilient_db.toxiproxy._client import AsyncToxiproxyClient, ToxiproxyClient
+from resilient_db.toxiproxy._postgres import ToxiproxyPostgres
+from resilient_db.toxiproxy._server import ThreadedToxiproxyServer, ToxiproxyServer
+from resilient_db.toxiproxy._toxics import STRICT_CHECKS, TOXIC_TYPES
 
 __all__ = [
+    "STRICT_CHECKS",
     "TOXIC_TYPES",
     "VERSION",
     "AsyncToxiproxyClient",
@@ -43,5 +51,6 @@ __all__ = [
     "ToxicInfo",
     "ToxiproxyAPIError",
     "ToxiproxyClient",
+    "ToxiproxyPostgres",
     "ToxiproxyServer",
 ]

@@ -2,81 +2,37 @@
 
 Each stream has a reader task. With no toxic active on the stream the reader writes straight to
 the destination (the fast path). Otherwise chunks are queued with their read time and a
-processor task runs them through the stream's active toxics in order. Every wait inside a toxic
-is interruptible: when a toxic is added, updated or removed the processor restarts the current
-chunk (minus the bytes already written) on the new chain, so changes act on open connections at
-once and removing a latency toxic flushes held data immediately.
+processor task runs them through the stream's active toxics in order (each toxic is an
+``Effect`` of ``_effects``). Every wait inside a toxic is interruptible: when a toxic is added,
+updated or removed the processor restarts the current chunk (minus the bytes already written)
+on the new chain, so changes act on open connections at once and removing a latency toxic
+flushes held data immediately.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Mapping
 
+from resilient_db.toxiproxy._effects import Closed, CloseMode, Restart, ToxicState
 from resilient_db.toxiproxy._toxics import Toxic
-
-if TYPE_CHECKING:
-    from resilient_db.toxiproxy._server import Proxy
 
 __all__ = ["Link"]
 
 _READ_SIZE = 65536
 _QUEUE_HIGH = 1 << 20  # bytes queued in a toxic pipeline before the reader pauses
-CloseMode = Literal["graceful", "abort", "reset"]
 
 
-class _Restart(Exception):
-    """The toxic chain changed while a chunk was in it."""
-
-
-class _Closed(Exception):
-    """The link was closed by a toxic; stop processing."""
-
-
-class _ToxicState:
-    """One toxic as seen by one stream of one connection (its per-link state)."""
-
-    __slots__ = ("count", "fired", "generation", "next_time", "pipe", "timer", "toxic")
-
-    def __init__(self, toxic: Toxic, pipe: _Pipe) -> None:
-        self.toxic = toxic
-        self.pipe = pipe
-        self.generation = toxic.generation
-        self.count = 0  # limit_data: bytes passed so far
-        self.fired = False  # reset_peer: first chunk seen
-        self.next_time = 0.0  # bandwidth: virtual clock
-        self.timer: asyncio.TimerHandle | None = None
-
-    def start(self) -> None:
-        if self.toxic.type == "timeout":
-            self.restart_idle_timer()
-
-    def restart_idle_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        ms = self.toxic.attributes["timeout"]
-        if ms > 0:
-            self.timer = asyncio.get_running_loop().call_later(
-                ms / 1000, self.pipe.link.close, "graceful"
-            )
-
-    def stop(self, *, removed: bool = False) -> None:
-        if removed and self.toxic.type == "reset_peer" and self.fired:
-            # As the reference: once reset_peer has swallowed its first chunk, the reset is
-            # committed (its wait is not interruptible); removing the toxic does not leave a
-            # connection with a lost chunk hanging.
-            return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+def _wake(waiter: asyncio.Future[bool], changed: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(changed)
 
 
 class _Pipe:
@@ -93,27 +49,38 @@ class _Pipe:
         self.stream = stream
         self.reader = reader
         self.writer = writer
-        self.active: dict[str, _ToxicState] = {}
+        self.rng = link.rng
+        self.active: dict[str, ToxicState] = {}
+        self.chain: list[ToxicState] = []
         self.drawn: dict[str, bool] = {}
         self.queue: deque[tuple[bytes | None, float]] = deque()
         self.queued_bytes = 0
         self.busy = False
         self.written = 0  # bytes of the current chunk already written
-        self.changed = asyncio.Event()
+        self.changed = False
+        self._waiter: asyncio.Future[bool] | None = None
         self.has_data = asyncio.Event()
         self.has_space = asyncio.Event()
         self.has_space.set()
         self.processor: asyncio.Task[None] | None = None
 
     # -- toxic changes -------------------------------------------------------------------
+    def _changed(self) -> None:
+        self.changed = True
+        if self._waiter is not None:
+            _wake(self._waiter, True)
+
+    def _new_state(self, toxic: Toxic) -> ToxicState:
+        state = ToxicState(toxic, self, at_accept=self.link.accepted_with(toxic))
+        state.effect.start(state)
+        return state
+
     def toxic_added(self, toxic: Toxic) -> None:
         active = toxic.draw(self.link.rng)
         self.drawn[toxic.name] = active
         if active:
-            state = _ToxicState(toxic, self)
-            self.active[toxic.name] = state
-            state.start()
-        self.changed.set()
+            self.active[toxic.name] = self._new_state(toxic)
+        self._changed()
 
     def toxic_updated(self, toxic: Toxic, *, toxicity_changed: bool) -> None:
         state = self.active.get(toxic.name)
@@ -122,27 +89,26 @@ class _Pipe:
             self.drawn[toxic.name] = active
             if active and state is None:
                 # keep the chain in the proxy's order
-                self.active[toxic.name] = state = _ToxicState(toxic, self)
-                order = list(self.link.proxy.toxics)
+                self.active[toxic.name] = state = self._new_state(toxic)
+                order = list(self.link.toxics)
                 self.active = dict(sorted(self.active.items(), key=lambda i: order.index(i[0])))
-                state.start()
             elif not active and state is not None:
                 del self.active[toxic.name]
                 state.stop()
                 state = None
-        if state is not None and toxic.type == "timeout":
-            state.restart_idle_timer()
-        self.changed.set()
+        if state is not None:
+            state.effect.changed(state)
+        self._changed()
 
     def toxic_removed(self, toxic: Toxic) -> bool:
         """Forget ``toxic``; True when the removal must close the link (timeout toxic)."""
         self.drawn.pop(toxic.name, None)
         state = self.active.pop(toxic.name, None)
-        self.changed.set()
+        self._changed()
         if state is None:
             return False
         state.stop(removed=True)
-        return toxic.type == "timeout"
+        return state.effect.closes_on_removal
 
     def stop(self) -> None:
         for state in self.active.values():
@@ -192,106 +158,65 @@ class _Pipe:
                 original, ts = self.queue[0]
                 self.written = 0
                 while True:
-                    self.changed.clear()
-                    chain = list(self.active.values())
+                    self.changed = False
+                    self.chain = list(self.active.values())
                     try:
                         if original is None:
-                            await self._eof(chain)
+                            for state in self.chain:
+                                await state.effect.eof(self, state)
                             self.link.close("graceful")
                             return
-                        await self._run(chain, 0, original[self.written :], ts)
+                        await self.forward(0, original[self.written :], ts)
                         break
-                    except _Restart:
+                    except Restart:
                         continue
                 self.queue.popleft()
                 self.queued_bytes -= len(original)
                 if self.queued_bytes <= _QUEUE_HIGH // 2:
                     self.has_space.set()
-        except _Closed:
+        except Closed:
             return
         except (OSError, RuntimeError):
             self.link.close("abort")
 
-    async def _sleep(self, seconds: float) -> None:
-        if self.changed.is_set():
-            raise _Restart
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (``inf``: until a change); :class:`Restart` when the chain changes."""
+        if self.changed:
+            raise Restart
         if seconds <= 0:
             return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        handle = None if seconds == math.inf else loop.call_later(seconds, _wake, waiter, False)
         try:
-            async with asyncio.timeout(seconds):
-                await self.changed.wait()
-        except TimeoutError:
-            return
-        raise _Restart
+            changed = await waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+        if changed:
+            raise Restart
 
     async def _write(self, data: bytes) -> None:
         if self.link.closed:
-            raise _Closed
+            raise Closed
         if data:
             self.writer.write(data)
             self.written += len(data)
             await self.writer.drain()
 
-    async def _run(self, chain: list[_ToxicState], index: int, data: bytes, ts: float) -> None:
+    async def forward(self, index: int, data: bytes, ts: float) -> None:
+        """Run ``data`` through the current chain from position ``index``, then write it."""
+        chain = self.chain
         if index == len(chain):
             await self._write(data)
             return
         state = chain[index]
-        attrs = state.toxic.attributes
-        kind = state.toxic.type
-        if kind == "latency":
-            latency_ms = attrs["latency"]
-            jitter = attrs["jitter"]
-            if jitter:
-                latency_ms += self.link.rng.randint(-jitter, jitter)
-            await self._sleep(ts + latency_ms / 1000 - time.monotonic())
-            await self._run(chain, index + 1, data, ts)
-        elif kind == "bandwidth":
-            rate = attrs["rate"] * 1000  # bytes per second
-            step = max(1, rate // 10)  # pieces of about 100 ms
-            for start in range(0, len(data), step):
-                piece = data[start : start + step]
-                now = time.monotonic()
-                state.next_time = max(state.next_time, now) + len(piece) / rate
-                await self._sleep(state.next_time - now)
-                await self._run(chain, index + 1, piece, ts)
-        elif kind == "slicer":
-            average = attrs["average_size"]
-            variation = attrs["size_variation"]
-            pause = attrs["delay"] / 1_000_000
-            start = 0
-            while start < len(data):
-                size = average + (self.link.rng.randint(-variation, variation) if variation else 0)
-                size = max(1, size)
-                await self._run(chain, index + 1, data[start : start + size], ts)
-                start += size
-                if start < len(data):
-                    await self._sleep(pause)
-        elif kind == "limit_data":
-            limit = attrs["bytes"]
-            remaining = limit - state.count
-            if remaining > 0:
-                piece = data[:remaining]
-                state.count += len(piece)
-                await self._run(chain, index + 1, piece, ts)
-            if state.count >= limit:
-                self.link.close("graceful")
-                raise _Closed
-        elif kind == "timeout":
-            state.restart_idle_timer()  # drop the chunk
-        elif kind == "reset_peer":
-            if not state.fired:
-                state.fired = True
-                ms = attrs["timeout"]
-                loop = asyncio.get_running_loop()
-                state.timer = loop.call_later(ms / 1000, self.link.close, "reset")
-        else:  # noop, slow_close
-            await self._run(chain, index + 1, data, ts)
+        await state.effect.run(self, state, index, data, ts)
 
-    async def _eof(self, chain: list[_ToxicState]) -> None:
-        for state in chain:
-            if state.toxic.type == "slow_close":
-                await self._sleep(state.toxic.attributes["delay"] / 1000)
+    def close_link(self, mode: CloseMode) -> None:
+        self.link.close(mode)
 
 
 class Link:
@@ -299,12 +224,14 @@ class Link:
 
     def __init__(
         self,
-        proxy: Proxy,
+        toxics: Mapping[str, Toxic],
         client_reader: asyncio.StreamReader,
         client_writer: asyncio.StreamWriter,
         rng: random.Random,
     ) -> None:
-        self.proxy = proxy
+        #: The proxy's toxics, live (their order is the chain order).
+        self.toxics = toxics
+        self._initial: tuple[Toxic, ...] = ()
         self.rng = rng
         self.client_reader = client_reader
         self.client_writer = client_writer
@@ -323,26 +250,31 @@ class Link:
             "upstream": _Pipe(self, "upstream", self.client_reader, upstream_writer),
             "downstream": _Pipe(self, "downstream", upstream_reader, self.client_writer),
         }
-        for toxic in self.proxy.toxics.values():
-            self.pipes[toxic.stream].toxic_added(toxic)
+        self._initial = tuple(self.toxics.values())
+        for toxic in self._initial:
+            self.pipes[toxic.direction].toxic_added(toxic)
         loop = asyncio.get_running_loop()
         for pipe in self.pipes.values():
             task = loop.create_task(pipe.read_loop())
             self.tasks.add(task)
 
+    def accepted_with(self, toxic: Toxic) -> bool:
+        """Whether ``toxic`` existed when this connection was accepted."""
+        return any(t is toxic for t in self._initial)
+
     def toxic_added(self, toxic: Toxic) -> None:
         """A toxic was added to the proxy."""
         if not self.closed and self.pipes:
-            self.pipes[toxic.stream].toxic_added(toxic)
+            self.pipes[toxic.direction].toxic_added(toxic)
 
     def toxic_updated(self, toxic: Toxic, *, toxicity_changed: bool) -> None:
         """A toxic of the proxy changed its attributes or toxicity."""
         if not self.closed and self.pipes:
-            self.pipes[toxic.stream].toxic_updated(toxic, toxicity_changed=toxicity_changed)
+            self.pipes[toxic.direction].toxic_updated(toxic, toxicity_changed=toxicity_changed)
 
     def toxic_removed(self, toxic: Toxic) -> None:
         """A toxic was removed; a timeout toxic closes the connections it was on."""
-        if not self.closed and self.pipes and self.pipes[toxic.stream].toxic_removed(toxic):
+        if not self.closed and self.pipes and self.pipes[toxic.direction].toxic_removed(toxic):
             self.close("graceful")
 
     def close(self, mode: CloseMode = "abort") -> None:

@@ -1,6 +1,12 @@
-"""Toxic types, their attributes and the validation of API input (stricter than the reference).
+"""Toxic types, their attributes and the validation of API input.
 
-Everything here is pure logic: no sockets. The proxy (``_link``) interprets the validated toxics.
+Everything here is pure logic: no sockets. By default input is read the way the reference
+(Toxiproxy 2.12) reads it: unknown attribute keys are ignored, ``toxicity`` is not
+range-checked, negative times act as zero, ``bandwidth`` ``rate`` <= 0 stalls the stream, a
+stream name matches in any case and is echoed as sent. Only input that crashes the reference
+is a 400 (``slicer`` ``average_size`` <= 0, ``size_variation`` outside 0..``average_size``), as
+is a known field of the wrong JSON type. ``strict=True`` also rejects likely mistakes (see
+:data:`STRICT_CHECKS`).
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from typing import Any, Final
 
 __all__ = [
     "STREAMS",
+    "STRICT_CHECKS",
     "TOXIC_TYPES",
     "ApiError",
     "Toxic",
     "parse_toxic",
+    "type_name",
     "update_toxic",
 ]
 
@@ -34,8 +42,18 @@ TOXIC_TYPES: Final[Mapping[str, tuple[str, ...]]] = {
     "noop": (),
 }
 
-# Upper bound for any attribute: Go int64, and a sanity cap for times (about 3 years in ms).
-_MAX_ATTRIBUTE: Final = 2**53
+#: What ``strict`` mode rejects with a 400 on top of the reference's own errors.
+STRICT_CHECKS: Final = (
+    "bandwidth rate <= 0 (the reference stalls the stream)",
+    "a stream name not in lower case",
+    "toxicity outside 0.0..1.0",
+    "negative attributes (latency, jitter, delay, timeout, bytes)",
+    "unknown attribute keys",
+    "listen/upstream addresses that are not host:port with a port 0..65535",
+    "duplicate proxy names in one populate array",
+)
+
+_INT64: Final = 2**63 - 1
 
 
 class ApiError(Exception):
@@ -53,11 +71,15 @@ class Toxic:
 
     name: str
     type: str
+    #: The stream as sent by the client (``"UPSTREAM"`` stays so); see :attr:`direction`.
     stream: str
     toxicity: float = 1.0
     attributes: dict[str, int] = field(default_factory=dict)
-    #: Bumped on every update so open links notice the change.
-    generation: int = 0
+
+    @property
+    def direction(self) -> str:
+        """``"upstream"`` or ``"downstream"`` (the stream, case folded)."""
+        return self.stream.lower()
 
     def to_json(self) -> dict[str, Any]:
         """The reference's JSON form of the toxic."""
@@ -78,7 +100,8 @@ class Toxic:
         return rng.random() < self.toxicity
 
 
-def _type_name(value: object) -> str:
+def type_name(value: object) -> str:
+    """The JSON type name of a decoded value (for error messages)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -94,121 +117,105 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+def _bad(message: str) -> ApiError:
+    return ApiError(400, f"bad request body: {message}")
+
+
 def _string_field(body: Mapping[str, Any], key: str) -> str | None:
     value = body.get(key)
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ApiError(
-            400, f"bad request body: field {key!r} must be a string, got {_type_name(value)}"
-        )
+        raise _bad(f"field {key!r} must be a string, got {type_name(value)}")
     return value
 
 
-def _toxicity(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ApiError(
-            400,
-            f"bad request body: field 'toxicity' must be a number, got {_type_name(value)}",
-        )
+def _toxicity(value: object, *, strict: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise _bad(f"field 'toxicity' must be a number, got {type_name(value)}")
     toxicity = float(value)
-    if not (0.0 <= toxicity <= 1.0) or math.isnan(toxicity):
-        raise ApiError(
-            400, f"bad request body: toxicity must be between 0.0 and 1.0, got {toxicity}"
-        )
+    if strict and not 0.0 <= toxicity <= 1.0:
+        raise _bad(f"toxicity must be between 0.0 and 1.0 (strict mode), got {toxicity}")
     return toxicity
 
 
-def _attributes(type_: str, value: object, base: Mapping[str, int]) -> dict[str, int]:
+def _integer(type_: str, name: str, raw: object, *, strict: bool) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise _bad(
+            f"attribute {name!r} of toxic type {type_!r} must be an integer, "
+            f"got {type_name(raw)} {raw!r}"
+        )
+    if not -_INT64 - 1 <= raw <= _INT64:
+        raise _bad(f"attribute {name!r} of toxic type {type_!r} must fit in int64, got {raw}")
+    if strict and raw < 0:
+        raise _bad(f"attribute {name!r} of toxic type {type_!r} must be >= 0 (strict), got {raw}")
+    return raw
+
+
+def _attributes(
+    type_: str, value: object, base: Mapping[str, int], *, strict: bool
+) -> dict[str, int]:
     allowed = TOXIC_TYPES[type_]
     result = {name: int(base.get(name, 0)) for name in allowed}
-    if value is None:
-        return result
-    if not isinstance(value, dict):
-        raise ApiError(
-            400,
-            f"bad request body: field 'attributes' must be an object, got {_type_name(value)}",
-        )
-    for name, raw in value.items():
+    if value is not None and not isinstance(value, dict):
+        raise _bad(f"field 'attributes' must be an object, got {type_name(value)}")
+    for name, raw in (value or {}).items():
         if name not in allowed:
-            allowed_text = ", ".join(allowed) if allowed else "none"
-            raise ApiError(
-                400,
-                f"bad request body: unknown attribute {name!r} for toxic type {type_!r} "
-                f"(allowed: {allowed_text})",
-            )
-        if isinstance(raw, float) and raw.is_integer():
-            raw = int(raw)
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise ApiError(
-                400,
-                f"bad request body: attribute {name!r} of toxic type {type_!r} must be an "
-                f"integer, got {_type_name(raw)} {raw!r}",
-            )
-        if raw < 0:
-            raise ApiError(
-                400,
-                f"bad request body: attribute {name!r} of toxic type {type_!r} must be >= 0, "
-                f"got {raw}",
-            )
-        if raw > _MAX_ATTRIBUTE:
-            raise ApiError(
-                400,
-                f"bad request body: attribute {name!r} of toxic type {type_!r} must be "
-                f"<= {_MAX_ATTRIBUTE}, got {raw}",
-            )
-        result[name] = raw
-    _validate(type_, result)
+            if strict:
+                allowed_text = ", ".join(allowed) if allowed else "none"
+                raise _bad(
+                    f"unknown attribute {name!r} for toxic type {type_!r} "
+                    f"(allowed: {allowed_text}; strict mode)"
+                )
+            continue  # the reference ignores unknown keys
+        if raw is not None:  # JSON null leaves the value as it was
+            result[name] = _integer(type_, name, raw, strict=strict)
+    _validate(type_, result, strict=strict)
     return result
 
 
-def _validate(type_: str, attributes: Mapping[str, int]) -> None:
-    if type_ == "bandwidth" and attributes["rate"] <= 0:
-        raise ApiError(
-            400,
-            "bad request body: bandwidth attribute 'rate' (KB/s) must be >= 1, got "
-            f"{attributes['rate']}; to stop data entirely use a 'timeout' toxic",
-        )
-    if type_ == "slicer":
+def _validate(type_: str, attributes: Mapping[str, int], *, strict: bool) -> None:
+    if type_ == "slicer":  # these crash the reference's whole server: always a 400
         average = attributes["average_size"]
         variation = attributes["size_variation"]
         if average <= 0:
-            raise ApiError(
-                400,
-                f"bad request body: slicer attribute 'average_size' must be >= 1, got {average}",
+            raise _bad(f"slicer attribute 'average_size' must be >= 1, got {average}")
+        if not 0 <= variation <= average:
+            raise _bad(
+                "slicer attribute 'size_variation' must be between 0 and 'average_size' "
+                f"({average}), got {variation}"
             )
-        if variation > average:
-            raise ApiError(
-                400,
-                "bad request body: slicer attribute 'size_variation' must be <= "
-                f"'average_size' ({average}), got {variation}",
-            )
+    if strict and type_ == "bandwidth" and attributes["rate"] <= 0:
+        raise _bad(
+            "bandwidth attribute 'rate' (KB/s) must be >= 1 (strict mode), got "
+            f"{attributes['rate']}; to stop data entirely use a 'timeout' toxic"
+        )
 
 
-def parse_toxic(body: object) -> Toxic:
+def parse_toxic(body: object, *, strict: bool = False) -> Toxic:
     """Validate a ``POST /proxies/{p}/toxics`` body into a :class:`Toxic` (raises ApiError)."""
     if not isinstance(body, dict):
-        raise ApiError(400, f"bad request body: expected a JSON object, got {_type_name(body)}")
+        raise _bad(f"expected a JSON object, got {type_name(body)}")
     stream = _string_field(body, "stream") or "downstream"
-    if stream not in STREAMS:
+    if stream.lower() not in STREAMS or (strict and stream not in STREAMS):
         raise ApiError(400, "stream was invalid, can be either upstream or downstream")
     type_ = _string_field(body, "type") or ""
     name = _string_field(body, "name") or f"{type_}_{stream}"
     if type_ not in TOXIC_TYPES:
         raise ApiError(400, "invalid toxic type")
-    toxicity = _toxicity(body["toxicity"]) if body.get("toxicity") is not None else 1.0
-    attributes = _attributes(type_, body.get("attributes"), {})
-    if "attributes" not in body or body.get("attributes") is None:
-        _validate(type_, attributes)
+    raw_toxicity = body.get("toxicity")
+    toxicity = 1.0 if raw_toxicity is None else _toxicity(raw_toxicity, strict=strict)
+    attributes = _attributes(type_, body.get("attributes"), {}, strict=strict)
     return Toxic(name=name, type=type_, stream=stream, toxicity=toxicity, attributes=attributes)
 
 
-def update_toxic(toxic: Toxic, body: object) -> tuple[dict[str, int], float]:
+def update_toxic(
+    toxic: Toxic, body: object, *, strict: bool = False
+) -> tuple[dict[str, int], float]:
     """Validate an update body against ``toxic``: the merged attributes and toxicity."""
     if not isinstance(body, dict):
-        raise ApiError(400, f"bad request body: expected a JSON object, got {_type_name(body)}")
-    toxicity = toxic.toxicity
-    if body.get("toxicity") is not None:
-        toxicity = _toxicity(body["toxicity"])
-    attributes = _attributes(toxic.type, body.get("attributes"), toxic.attributes)
+        raise _bad(f"expected a JSON object, got {type_name(body)}")
+    raw_toxicity = body.get("toxicity")
+    toxicity = toxic.toxicity if raw_toxicity is None else _toxicity(raw_toxicity, strict=strict)
+    attributes = _attributes(toxic.type, body.get("attributes"), toxic.attributes, strict=strict)
     return attributes, toxicity
