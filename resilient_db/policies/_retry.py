@@ -321,28 +321,11 @@ async def retry_call(
     success deposits one. On giving up the last original exception is re-raised with a
     note. ``fn`` must start a fresh unit of work on every call.
     """
-    clock = policy.clock
-    start = clock()
-    try:
-        result = await fn()
-    except Exception as exc:
-        decision = decide(exc)
-        if decision is None:
-            if hooks is not None:
-                _finish(hooks, name, 1, 0.0, clock() - start, "not_retryable", None)
-            raise
-        first = exc
-    except BaseException:
-        if hooks is not None:
-            _finish(hooks, name, 1, 0.0, clock() - start, "cancelled", None)
-        raise
-    else:
-        if budget is not None:
-            budget.deposit()
-        if hooks is not None:
-            _finish(hooks, name, 1, 0.0, clock() - start, "success", None)
-        return result
-    # Outside the ``except`` block, so later errors do not chain onto the first one.
+    start = policy.clock()
+    first, decision, result = await _first(fn, policy, decide, budget, hooks, name, start)
+    if first is None:
+        return result  # type: ignore[return-value]
+    assert decision is not None
     loop = RetryLoop(
         first,
         decision,
@@ -369,3 +352,34 @@ async def retry_call(
         else:
             loop.succeeded()
             return result
+
+
+async def _first(
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    decide: Callable[[BaseException], RetryDecision | None],
+    budget: RetryBudget | None,
+    hooks: RetryHooks | None,
+    name: str | None,
+    start: float,
+) -> tuple[Exception | None, RetryDecision | None, T | None]:
+    """The direct first attempt: (None, None, result), or its retryable failure."""
+    clock = policy.clock
+    try:
+        result = await fn()
+    except Exception as exc:
+        decision = decide(exc)
+        if decision is None:
+            if hooks is not None:
+                _finish(hooks, name, 1, 0.0, clock() - start, "not_retryable", None)
+            raise
+        return exc, decision, None
+    except BaseException:
+        if hooks is not None:
+            _finish(hooks, name, 1, 0.0, clock() - start, "cancelled", None)
+        raise
+    if budget is not None:
+        budget.deposit()
+    if hooks is not None:
+        _finish(hooks, name, 1, 0.0, clock() - start, "success", None)
+    return None, None, result

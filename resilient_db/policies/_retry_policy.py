@@ -13,6 +13,7 @@ from types import MappingProxyType, TracebackType
 from typing import Final, Literal, Protocol
 
 from resilient_db._errors import ConfigurationError
+from resilient_db._validate import config_error
 from resilient_db.policies._clock import (
     Clock,
     RandomSource,
@@ -46,7 +47,8 @@ _JITTERS: Final = ("full", "decorrelated", "none")
 
 
 def _bad(owner: str, option: str, value: object, allowed: str, fix: str) -> ConfigurationError:
-    return ConfigurationError(f"{owner}({option}={value!r}) is invalid: {allowed}; {fix}")
+    """The house format (``resilient_db._validate``): "Owner(option=value) must be …; fix: …"."""
+    return config_error(owner, option, value, allowed.removeprefix("must be "), fix)
 
 
 def _finite(
@@ -140,6 +142,10 @@ class RetryPolicy:
     random: RandomSource = default_random
 
     def __post_init__(self) -> None:
+        self._check_numbers()
+        self._check_parts()
+
+    def _check_numbers(self) -> None:
         o = "RetryPolicy"
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
             raise _bad(o, "attempts", self.attempts, "must be an int >= 1", "use e.g. 5")
@@ -165,6 +171,10 @@ class RetryPolicy:
                 "raise max_backoff or lower initial",
             )
         _finite(o, "multiplier", self.multiplier, low=1.0, fix="use e.g. 2.0")
+        _finite(o, "max_retry_after", self.max_retry_after, low=0.0, fix="use e.g. 30.0")
+
+    def _check_parts(self) -> None:
+        o = "RetryPolicy"
         if self.jitter not in _JITTERS:
             raise _bad(
                 o,
@@ -187,12 +197,11 @@ class RetryPolicy:
                     o,
                     "per_category",
                     {key: value},
-                    "keys must be category names (str) and values CategoryBackoff objects",
+                    "must be category names (str) mapped to CategoryBackoff objects",
                     "wrap the numbers: CategoryBackoff(initial=..., max_backoff=...)",
                 )
         if self.per_category is not DEFAULT_PER_CATEGORY:
             object.__setattr__(self, "per_category", MappingProxyType(dict(self.per_category)))
-        _finite(o, "max_retry_after", self.max_retry_after, low=0.0, fix="use e.g. 30.0")
         for option in ("clock", "sleep", "random"):
             if not callable(getattr(self, option)):
                 raise _bad(
@@ -219,9 +228,12 @@ class RetryPolicy:
         ``min(retry_after, max_retry_after)``. Always finite and >= 0, for any attempt.
         """
         if attempt < 1:
-            raise ConfigurationError(
-                f"RetryPolicy.backoff(attempt={attempt!r}) is invalid: attempts are numbered "
-                "from 1 (the attempt that just failed); pass attempt >= 1"
+            raise config_error(
+                "RetryPolicy.backoff",
+                "attempt",
+                attempt,
+                ">= 1 (attempts are numbered from 1: the attempt that just failed)",
+                "pass attempt >= 1",
             )
         initial, cap, mult = self.initial, self.max_backoff, self.multiplier
         if category is not None:
@@ -341,9 +353,8 @@ def set_testing(testing: bool, *, attempts: int = 1, cap: bool = False) -> _Rest
     """
     global _testing
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        raise ConfigurationError(
-            f"`set_testing(attempts={attempts!r})` must be an int >= 1; "
-            "fix: use attempts=1 to disable retries in tests"
+        raise config_error(
+            "set_testing", "attempts", attempts, "an int >= 1", "use attempts=1 to disable retries"
         )
     old = _testing
     _testing = _Testing(attempts, cap) if testing else None

@@ -104,6 +104,23 @@ def _check_session_parameter(func: Callable[..., Any]) -> None:
     )
 
 
+def _validate(database: object, *options: object) -> None:
+    """The decorator's options, checked at decoration, not at the first call."""
+    names = ("deadline", "idempotent", "read_only", "retry", "name")
+    given: dict[str, Any] = {k: v for k, v in zip(names, options, strict=True) if v is not _DEFAULT}
+    UnitOptions(**given)
+    if database is not None and not (isinstance(database, Database) or callable(database)):
+        raise config_error(
+            "transactional",
+            "database",
+            database,
+            "a Database or a zero-argument callable returning one "
+            "(@transactional(database=...) must be a Database)",
+            "database=lambda: app.database",
+            wrong_type=True,
+        )
+
+
 @overload
 def transactional(fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]: ...
 
@@ -133,29 +150,7 @@ def transactional(
 ) -> Any:
     """Make an async function or method one unit of work (see the module docstring)."""
 
-    # Validate now, not at the first call.
-    given: dict[str, Any] = {
-        k: v
-        for k, v in (
-            ("deadline", deadline),
-            ("idempotent", idempotent),
-            ("read_only", read_only),
-            ("retry", retry),
-            ("name", name),
-        )
-        if v is not _DEFAULT
-    }
-    UnitOptions(**given)
-    if database is not None and not (isinstance(database, Database) or callable(database)):
-        raise config_error(
-            "transactional",
-            "database",
-            database,
-            "a Database or a zero-argument callable returning one "
-            "(@transactional(database=...) must be a Database)",
-            "database=lambda: app.database",
-            wrong_type=True,
-        )
+    _validate(database, deadline, idempotent, read_only, retry, name)
 
     def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         if not inspect.iscoroutinefunction(func):
