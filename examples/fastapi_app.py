@@ -17,10 +17,11 @@ What it shows:
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -91,22 +92,39 @@ async def transfer(session: AsyncSession, src: int, dst: int, amount: int) -> in
 
 
 def create_app(
-    url: str, *, engine_options: dict[str, Any] | None = None, **database_options: Any
+    url: str,
+    *,
+    engine_options: dict[str, Any] | None = None,
+    registry: Any = None,
+    **database_options: Any,
 ) -> FastAPI:
     """The app for ``url``; ``database_options`` go to ``Database(...)`` (retry, breaker,
-    deadline, listeners...)."""
+    deadline, listeners...); ``registry`` is the Prometheus registry served at /metrics
+    (default: ``prometheus_client.REGISTRY``) when the [prometheus] extra is installed."""
+    instrument: list[Any] = []
+    try:
+        import prometheus_client
+
+        from resilient_db.integrations.prometheus import PrometheusMetrics
+    except ImportError:  # pragma: no cover - the [prometheus] extra is not installed
+        prometheus_client = None
+    else:
+        registry = registry if registry is not None else prometheus_client.REGISTRY
+        instrument.append(functools.partial(PrometheusMetrics, registry=registry))
     app = FastAPI(
         title="accounts",
-        lifespan=database_lifespan(url, engine_options=engine_options, **database_options),
+        lifespan=database_lifespan(
+            url, engine_options=engine_options, instrument=instrument, **database_options
+        ),
     )
     add_exception_handlers(app)
     add_readiness_route(app)
-    try:
-        from resilient_db.integrations.prometheus import metrics_app
-    except ImportError:  # pragma: no cover - the [prometheus] extra is not installed
-        pass
-    else:
-        app.mount("/metrics", metrics_app())
+    if prometheus_client is not None:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            latest = prometheus_client.generate_latest(registry)
+            return Response(latest, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     @app.get("/accounts/{account}")
     async def get_balance(account: int, accounts: AccountsDep) -> dict[str, int]:

@@ -1,10 +1,12 @@
-"""pytest plugin for fault tests (registered through the ``pytest11`` entry point).
+"""The pytest plugin for fault tests (registered through the ``pytest11`` entry point).
 
 Every fixture and option it adds is prefixed with ``toxiproxy`` or ``resilient_db``.
-Importing it is cheap and starts nothing: the embedded server starts the first time a test
-asks for a ``toxiproxy*`` fixture.
+Importing it is cheap and starts nothing (nor imports psutil or psycopg): the embedded
+server starts the first time a test asks for a ``toxiproxy*`` fixture, a cluster the first
+time a test asks for a ``resilient_db_cluster*`` fixture. With plugin autoloading disabled
+(``PYTEST_DISABLE_PLUGIN_AUTOLOAD``), load it with ``-p resilient_db.pytest_plugin``.
 
-Fixtures:
+Fault-proxy fixtures:
 
 ``toxiproxy_server`` (session)
     The API URL of the server: an external Toxiproxy when ``--toxiproxy-url`` or the
@@ -24,6 +26,19 @@ Fixtures:
             ...
 
     Proxies it created are deleted after the test.
+
+Private-cluster fixtures (:class:`~resilient_db.testing.PgCluster`, the ``testing`` extra):
+
+``resilient_db_cluster``
+    A fresh, started primary for one test; destroyed afterwards. Use it for destructive
+    faults (``stop``, ``crash``, ``crash_backend``, ``restart``).
+``resilient_db_cluster_pair``
+    A fresh primary and a streaming standby for one test, both started and destroyed
+    afterwards. Use it for promotion / failover.
+``resilient_db_shared_pair``
+    One primary + standby for the whole session (cheap). Read/write the primary, read the
+    standby, expect 25006 there; do NOT stop, crash, restart or promote either server and
+    use table names unique to your module. It is checked to be running before each use.
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from resilient_db.testing import ClusterPair, PgCluster
     from resilient_db.toxiproxy import ToxiproxyClient, ToxiproxyPostgres
 
 __all__ = ["ToxiproxyPostgres"]
@@ -132,3 +148,63 @@ def toxiproxy_postgres(
     finally:
         for db in reversed(made):
             db.cleanup()
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def _start_pair() -> ClusterPair:
+    from resilient_db.testing import ClusterPair, PgCluster
+
+    primary = PgCluster.create()
+    try:
+        primary.start()
+        standby = primary.create_standby()
+        standby.start()
+    except BaseException:
+        primary.destroy()
+        raise
+    return ClusterPair(primary=primary, standby=standby)
+
+
+@pytest.fixture
+def resilient_db_cluster() -> Iterator[PgCluster]:
+    """A fresh, started private primary, destroyed after the test."""
+    from resilient_db.testing import PgCluster
+
+    with PgCluster.create() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def resilient_db_cluster_pair() -> Iterator[ClusterPair]:
+    """A fresh primary and streaming standby, both started, destroyed after the test."""
+    pair = _start_pair()
+    try:
+        yield pair
+    finally:
+        pair.primary.destroy()
+
+
+@pytest.fixture(scope="session")
+def _resilient_db_session_pair() -> Iterator[ClusterPair]:
+    pair = _start_pair()
+    try:
+        yield pair
+    finally:
+        pair.primary.destroy()
+
+
+@pytest.fixture
+def resilient_db_shared_pair(_resilient_db_session_pair: ClusterPair) -> ClusterPair:
+    """The session's shared primary + standby (do not stop, crash or promote them)."""
+    pair = _resilient_db_session_pair
+    for cluster in (pair.primary, pair.standby):
+        if not cluster.is_running() or cluster.role != (
+            "primary" if cluster is pair.primary else "standby"
+        ):
+            pytest.fail(
+                f"the shared cluster pair was changed by an earlier test ({cluster!r}); "
+                "use resilient_db_cluster / resilient_db_cluster_pair for destructive faults"
+            )
+    return pair

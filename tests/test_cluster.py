@@ -20,10 +20,9 @@ import pytest
 
 from resilient_db import ResilientDBError
 from resilient_db.testing import ClusterPair, PgCluster, PgClusterError, find_pg_bindir
-from resilient_db.testing._cluster import _alive
+from resilient_db.testing._procs import alive as _alive
 
 # The suite's root conftest may register this plugin too; pytest loads it once.
-pytest_plugins = ["resilient_db.testing.fixtures"]
 pytestmark = pytest.mark.cluster
 
 TABLE = "rdb_test_cluster_rows"
@@ -292,7 +291,7 @@ def test_find_pg_bindir() -> None:
 _OWNER = """
 import sys
 from resilient_db.testing import PgCluster
-from resilient_db.testing._cluster import _templates
+from resilient_db.testing._templates import _templates
 c = PgCluster.create()
 c.start()
 print(c.pid, c.datadir.parent, next(iter(_templates.values())).parent, flush=True)

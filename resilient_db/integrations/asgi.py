@@ -18,14 +18,24 @@ import contextlib
 import inspect
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from typing import Any, Final
 
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resilient_db.classify import Classifier
 from resilient_db.engine import create_async_engine
 from resilient_db.integrations._problems import Problem, problem_for
+from resilient_db.integrations._telemetry import Instrumentation
 from resilient_db.policies import BreakerState, CircuitBreaker
 from resilient_db.units import Database
 
@@ -64,24 +74,43 @@ async def open_database(
     url: str | URL,
     *,
     engine_options: Mapping[str, Any] | None = None,
+    instrument: Sequence[Callable[[AsyncEngine], Instrumentation]] = (),
     **database_options: Any,
 ) -> AsyncIterator[Database]:
     """``async with open_database(url) as db:`` — an engine (:func:`create_async_engine`
-    with ``engine_options``) and a ``Database(engine, **database_options)``, closed on exit
-    (the pool's connections are closed; the exit waits for none of the callers).
+    with ``engine_options``) and a ``Database(engine, **database_options)``, closed on exit.
 
-    For an application's own lifespan that opens more than the database.
+    ``instrument``: telemetry factories called with the engine, e.g.
+    ``[OpenTelemetry, PrometheusMetrics]``; each becomes a listener of the ``Database``,
+    watches it, and is closed (if it has ``close()``) at exit. For an application's own
+    lifespan that opens more than the database.
     """
     engine = create_async_engine(url, **dict(engine_options or {}))
+    instruments: list[Instrumentation] = []
     try:
-        db = Database(engine, **database_options)
+        instruments = [factory(engine) for factory in instrument]
+        listeners = [*database_options.pop("listeners", ()), *instruments]
+        db = Database(engine, listeners=listeners, **database_options)
+        for instrumentation in instruments:
+            instrumentation.watch(db)
     except BaseException:
+        _close_instruments(instruments)
         await engine.dispose()
         raise
     try:
         yield db
     finally:
-        await _close(db)
+        try:
+            await _close(db)
+        finally:
+            _close_instruments(instruments)
+
+
+def _close_instruments(instruments: Sequence[Instrumentation]) -> None:
+    for instrumentation in instruments:
+        close = getattr(instrumentation, "close", None)
+        if callable(close):
+            close()
 
 
 def database_lifespan(
@@ -89,14 +118,15 @@ def database_lifespan(
     *,
     state_key: str = DEFAULT_STATE_KEY,
     engine_options: Mapping[str, Any] | None = None,
+    instrument: Sequence[Callable[[AsyncEngine], Instrumentation]] = (),
     **database_options: Any,
 ) -> Callable[[Any], contextlib.AbstractAsyncContextManager[dict[str, Any]]]:
     """A lifespan for ``FastAPI(lifespan=...)`` / ``Starlette(lifespan=...)``.
 
     At startup it creates the engine and the ``Database`` (as :func:`open_database`); the
     ``Database`` is shared through the lifespan state as ``request.state.<state_key>``; at
-    shutdown the engine is disposed of. Configuration errors surface at startup, not at the
-    first request.
+    shutdown the engine is disposed of. ``instrument`` as for :func:`open_database`.
+    Configuration errors surface at startup, not at the first request.
     """
     if not isinstance(state_key, str) or not state_key.isidentifier():
         raise TypeError(
@@ -107,7 +137,7 @@ def database_lifespan(
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
         async with open_database(
-            url, engine_options=engine_options, **database_options
+            url, engine_options=engine_options, instrument=instrument, **database_options
         ) as database:
             yield {state_key: database}
 

@@ -2,25 +2,29 @@
 
 ``PgCluster.create()`` runs ``initdb`` in a temporary directory (as the ``postgres`` OS user
 when running as root) for a server on a free port of 127.0.0.1; ``create_standby()`` makes a
-streaming standby with ``pg_basebackup``. pytest fixtures are in
-:mod:`resilient_db.testing.fixtures`. These helpers need the PostgreSQL server binaries and
-psycopg 3 (the ``test`` extra); they never touch any other server.
+streaming standby with ``pg_basebackup``. The pytest fixtures are in the plugin
+:mod:`resilient_db.pytest_plugin` (registered automatically). These helpers need the
+PostgreSQL server binaries, psycopg 3 and psutil (the ``testing`` extra); they never touch
+any other server.
+
+Modules, one job each: ``_binaries`` (finding and running the server binaries),
+``_procs`` (process trees, via psutil), ``_watchdog`` (the process that cleans up after a
+killed test run, ``python -m resilient_db.testing._watchdog``), ``_reaper`` (starting it,
+and the finalizer), ``_templates`` (settings and the initdb template), ``_server`` (a
+handle on one server's directory, its queries) and ``_cluster`` (creation, lifecycle,
+faults).
 """
 
 from __future__ import annotations
 
-from resilient_db.testing._cluster import (
-    ClusterPair,
-    PgCluster,
-    PgClusterError,
-    StopMode,
-    find_pg_bindir,
-    free_port,
-)
+from resilient_db.testing._binaries import find_pg_bindir
+from resilient_db.testing._cluster import ClusterPair, PgCluster, StopMode, free_port
+from resilient_db.testing._failures import PgClusterConfigError, PgClusterError
 
 __all__ = [
     "ClusterPair",
     "PgCluster",
+    "PgClusterConfigError",
     "PgClusterError",
     "StopMode",
     "find_pg_bindir",
