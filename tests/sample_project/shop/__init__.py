@@ -1,0 +1,1 @@
+"""A sample shop: orders and their confirmation e-mails (tests/sample_project)."""
