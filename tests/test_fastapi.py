@@ -223,3 +223,35 @@ async def _pause(seconds: float) -> None:
     import anyio
 
     await anyio.sleep(seconds)  # bounded poll
+
+
+async def test_problem_middleware_answers_for_any_asgi_app() -> None:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from resilient_db.integrations.asgi import ProblemMiddleware
+
+    async def refused(request: Request) -> PlainTextResponse:
+        raise CircuitOpenError("db", 2.5)
+
+    async def mine(request: Request) -> PlainTextResponse:
+        raise KeyError("the application's own")
+
+    async def fine(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[Route("/r", refused), Route("/m", mine), Route("/f", fine)],
+        middleware=[Middleware(ProblemMiddleware)],  # inside Starlette's own 500 handler
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        answer = await client.get("/r")
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "3"
+        assert answer.headers["content-type"] == PROBLEM_JSON
+        assert answer.json()["status"] == 503
+        assert (await client.get("/m")).status_code == 500  # untouched: the server's 500
+        assert (await client.get("/f")).text == "ok"
