@@ -56,6 +56,8 @@ FACTS: Final[tuple[tuple[str, str], ...]] = (
     ("role", ""),
     ("mode", ""),
     ("cluster_port", ""),
+    ("status", ""),
+    ("problem", ""),
     ("primary_port", ""),
 )
 
@@ -90,6 +92,7 @@ PHRASES: Final[dict[str, str]] = {
     "pool.kept": "the connection pool was kept",
     "pool.ping_failed": "a pool pre-ping failed",
     "pool.timeline_probe_failed": "reading the server's timeline failed",
+    "http.problem": "answered a database error with an HTTP problem response",
 }
 
 _EVENT: Final = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")

@@ -3,6 +3,7 @@ against the real PostgreSQL; faults through the embedded fault proxy."""
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import time
@@ -99,7 +100,10 @@ async def test_lifespan_disposes_of_the_engine_at_shutdown(shop_url: str) -> Non
     assert seen["engine"].pool.checkedin() == 0
 
 
-async def test_errors_become_problem_details(shop_url: str) -> None:
+async def test_errors_become_problem_details(
+    shop_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="resilient_db")
     app = create_app(shop_url, retry=FAST_RETRY, breaker=None)
     slow = unit_of_work(deadline=0.3)
 
@@ -143,6 +147,11 @@ async def test_errors_become_problem_details(shop_url: str) -> None:
         assert exhausted.json()["sqlstate"] == "40001"
         assert exhausted.json()["category"] == "serialization"
         assert "retry-after" not in exhausted.headers
+    logged = [r for r in caplog.records if r.__dict__.get("event") == "http.problem"]
+    assert [r.getMessage() for r in logged][-1] == (
+        "http.problem: answered a database error with an HTTP problem response "
+        "(error_type=DBAPIError status=503 problem=database-error)"
+    )
 
 
 @pytest.mark.parametrize(
