@@ -121,3 +121,56 @@ def test_endpoint_key_of_engine(pg_url: str) -> None:
     key = endpoint_key(engine)
     assert key.port == make_url(pg_url).port
     assert hash(key) == hash(endpoint_key(sa_create_async_engine(pg_url)))
+
+
+async def test_breaker_confirms_trips_against_the_real_server(
+    pg_url: str, toxiproxy_postgres: Factory
+) -> None:
+    """Healthy server: the trip is refuted. Closed port: opens at once. Black hole: opens
+    after ``confirm_timeout``. Frozen pool, healed network: the probe passes at once."""
+    from resilient_db import CircuitBreaker
+
+    proxy = toxiproxy_postgres(pg_url)
+    engine = sa_create_async_engine(proxy.url)
+    breaker = CircuitBreaker(
+        "db",
+        consecutive_failures=2,
+        health_check=engine_health_check(engine),
+        confirm_timeout=0.3,
+        probe_interval=0.05,
+    )
+    try:
+        with anyio.fail_after(20):
+            for _ in range(2):
+                (await breaker.acquire_async()).failure()
+            await breaker.wait_probe()
+            assert breaker.state == "closed"
+            assert breaker.statistics().refuted_total == 1
+            with proxy.down():
+                started = time.monotonic()
+                for _ in range(2):
+                    (await breaker.acquire_async()).failure()
+                await breaker.wait_probe()
+                assert breaker.state == "open"
+                assert time.monotonic() - started < 0.5
+            breaker.reset()
+            with proxy.black_hole():
+                started = time.monotonic()
+                for _ in range(2):
+                    (await breaker.acquire_async()).failure()
+                await breaker.wait_probe()
+                assert breaker.state == "open"
+                assert 0.25 < time.monotonic() - started < 1.5
+            # Healed: the next probe (due within probe_interval) passes on a new connection.
+            healed = time.monotonic()
+            while breaker.state == "open":
+                try:
+                    permit = await breaker.acquire_async()
+                except Exception:
+                    await anyio.sleep(0.01)  # bounded poll
+                    continue
+                permit.success()
+            assert time.monotonic() - healed < 0.5
+    finally:
+        await breaker.wait_probe()
+        await engine.dispose()

@@ -9,7 +9,7 @@ ASGI mode...); :mod:`resilient_db.integrations.fastapi` builds on it.
     app = FastAPI(lifespan=database_lifespan("postgresql+asyncpg://app@db/shop"))
     # every request: request.state.database is the Database
 
-    app = ProblemMiddleware(app)   # or app.add_middleware(ProblemMiddleware)
+    app.add_middleware(ProblemMiddleware)   # problem+json for database errors
 """
 
 from __future__ import annotations
@@ -148,7 +148,10 @@ class ProblemMiddleware:
     """Answers the database errors :func:`problem_for` knows with a problem+json response.
 
     Other exceptions, and errors raised after the response has started, pass through
-    unchanged. Pure ASGI: wraps any ASGI app (``app.add_middleware(ProblemMiddleware)``).
+    unchanged. Pure ASGI. In Starlette and FastAPI add it with
+    ``app.add_middleware(ProblemMiddleware)`` (inside their outermost error middleware, which
+    answers 500 before anything outside it sees the exception), or use
+    :func:`resilient_db.integrations.fastapi.add_exception_handlers` instead.
     """
 
     def __init__(self, app: ASGIApp, *, classifier: Classifier | None = None) -> None:

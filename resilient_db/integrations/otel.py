@@ -46,7 +46,7 @@ from resilient_db.integrations._telemetry import (
     pool_name,
     transition,
 )
-from resilient_db.policies import BreakerEvent
+from resilient_db.policies import BreakerEvent, CircuitBreaker
 from resilient_db.units import Database, UnitEvent
 
 __all__ = ["SCOPE", "OpenTelemetry"]
@@ -89,6 +89,7 @@ class OpenTelemetry:
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
         self._watched = Watched(pool_name=pool_name(engine), engine=engine)
+        self._listening: CircuitBreaker | None = None
         self._base: dict[str, Any] = {
             "db.system.name": "postgresql",
             "db.namespace": url.database or "",
@@ -132,8 +133,10 @@ class OpenTelemetry:
         budget (tokens, refusals)."""
         self._watched.breaker = database.breaker
         self._watched.budget = database.budget
-        if database.breaker is not None:
-            database.breaker.add_listener(self.on_breaker)
+        breaker = database.breaker
+        if breaker is not None and breaker is not self._listening:
+            breaker.add_listener(self.on_breaker)  # once per breaker: no double counting
+            self._listening = breaker
 
     def on_breaker(self, event: BreakerEvent) -> None:
         """Breaker listener: counts the transition."""

@@ -43,7 +43,7 @@ from resilient_db.integrations._telemetry import (
     pool_name,
     transition,
 )
-from resilient_db.policies import BreakerEvent
+from resilient_db.policies import BreakerEvent, CircuitBreaker
 from resilient_db.units import Database, UnitEvent
 
 __all__ = ["PrometheusMetrics", "metrics_app", "prometheus_name"]
@@ -134,6 +134,7 @@ class PrometheusMetrics:
                 f"{type(engine).__name__}"
             )
         self._watched = Watched(pool_name=pool_name(engine), engine=engine)
+        self._listening: CircuitBreaker | None = None
         self._shared = _for(registry)
         self._shared.observed.watched.add(self)
 
@@ -141,8 +142,10 @@ class PrometheusMetrics:
         """Report ``database``'s breaker and retry budget too."""
         self._watched.breaker = database.breaker
         self._watched.budget = database.budget
-        if database.breaker is not None:
-            database.breaker.add_listener(self.on_breaker)
+        breaker = database.breaker
+        if breaker is not None and breaker is not self._listening:
+            breaker.add_listener(self.on_breaker)  # once per breaker: no double counting
+            self._listening = breaker
 
     def on_breaker(self, event: BreakerEvent) -> None:
         """Breaker listener: counts the transition."""

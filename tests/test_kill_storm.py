@@ -1,0 +1,41 @@
+"""#9 kill storm: every backend terminated every 100-200 ms on a healthy server.
+
+The breaker (keyed per endpoint, trips confirmed by a probe of the server on a fresh
+connection) must never open, on both drivers. ``benchmarks/bench_kill_storm.py`` repeats
+the storm 20 times and prints the figures.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests._kill_storm import run_storm
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["asyncpg", "psycopg"])
+def url(request: pytest.FixtureRequest, pg_url: str, psycopg_url: str) -> str:
+    return pg_url if request.param == "asyncpg" else psycopg_url
+
+
+@pytest.mark.timeout(240)
+async def test_kill_storm_never_opens_the_breaker(url: str) -> None:
+    # A hair-trigger breaker (1 failure) would trip again and again during the storm:
+    # every trip must be refuted by the probe, none may open it.
+    result = await run_storm(url, units=320, consecutive_failures=1)
+    assert result.opened == 0, result.line()
+    assert result.kills >= 5, result.line()
+    assert result.total_balance_ok, result.line()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.xfail(
+    strict=False,
+    reason="needs RetryLoop to pass the failure's category to RetryBudget.withdraw(category) "
+    "(policies/_retry.py, units engineer) and more attempts for connection_lost on asyncpg",
+)
+async def test_kill_storm_units_succeed(url: str) -> None:
+    result = await run_storm(url, units=320)
+    assert result.opened == 0, result.line()
+    assert result.success_rate >= 0.99, result.line()
