@@ -3,6 +3,7 @@ against the real PostgreSQL; faults through the embedded fault proxy."""
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import time
@@ -99,7 +100,10 @@ async def test_lifespan_disposes_of_the_engine_at_shutdown(shop_url: str) -> Non
     assert seen["engine"].pool.checkedin() == 0
 
 
-async def test_errors_become_problem_details(shop_url: str) -> None:
+async def test_errors_become_problem_details(
+    shop_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="resilient_db")
     app = create_app(shop_url, retry=FAST_RETRY, breaker=None)
     slow = unit_of_work(deadline=0.3)
 
@@ -143,6 +147,11 @@ async def test_errors_become_problem_details(shop_url: str) -> None:
         assert exhausted.json()["sqlstate"] == "40001"
         assert exhausted.json()["category"] == "serialization"
         assert "retry-after" not in exhausted.headers
+    logged = [r for r in caplog.records if r.__dict__.get("event") == "http.problem"]
+    assert [r.getMessage() for r in logged][-1] == (
+        "http.problem: answered a database error with an HTTP problem response "
+        "(error_type=DBAPIError status=503 problem=database-error)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -174,8 +183,6 @@ def test_dependency_scope_follows_the_installed_fastapi() -> None:
     if SUPPORTS_DEPENDENCY_SCOPE:
         assert dep.scope == "function"  # commit before the response is sent
         assert unit_of_work(commit="after_response").scope == "request"
-    with pytest.raises(ValueError, match="before_response"):
-        unit_of_work(commit="later")  # type: ignore[arg-type]
 
 
 async def test_outage_through_the_fault_proxy_503_with_retry_after_then_200(
@@ -223,3 +230,53 @@ async def _pause(seconds: float) -> None:
     import anyio
 
     await anyio.sleep(seconds)  # bounded poll
+
+
+async def test_problem_middleware_answers_for_any_asgi_app() -> None:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from resilient_db.integrations.asgi import ProblemMiddleware
+
+    async def refused(request: Request) -> PlainTextResponse:
+        raise CircuitOpenError("db", 2.5)
+
+    async def mine(request: Request) -> PlainTextResponse:
+        raise KeyError("the application's own")
+
+    async def fine(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[Route("/r", refused), Route("/m", mine), Route("/f", fine)],
+        middleware=[Middleware(ProblemMiddleware)],  # inside Starlette's own 500 handler
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        answer = await client.get("/r")
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "3"
+        assert answer.headers["content-type"] == PROBLEM_JSON
+        assert answer.json()["status"] == 503
+        assert (await client.get("/m")).status_code == 500  # untouched: the server's 500
+        assert (await client.get("/f")).text == "ok"
+
+
+def test_bad_configuration_is_refused_with_the_one_message_format(pg_url: str) -> None:
+    from starlette.requests import Request as StarletteRequest
+
+    from resilient_db import ConfigurationError
+    from resilient_db.integrations.asgi import database_lifespan
+    from resilient_db.integrations.fastapi import repository
+
+    with pytest.raises(ConfigurationError, match=r"^unit_of_work\(commit='later'\) must be"):
+        unit_of_work(commit="later")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^repository\(factory=3\) must be callable; fix:"):
+        repository(3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"state_key='no-dash'\) must be a Python"):
+        database_lifespan(pg_url, state_key="no-dash")
+    bare = StarletteRequest({"type": "http", "state": {}})
+    with pytest.raises(ConfigurationError, match=r"lifespan=database_lifespan\(url\)"):
+        get_database(bare)

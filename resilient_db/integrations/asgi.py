@@ -9,7 +9,7 @@ ASGI mode...); :mod:`resilient_db.integrations.fastapi` builds on it.
     app = FastAPI(lifespan=database_lifespan("postgresql+asyncpg://app@db/shop"))
     # every request: request.state.database is the Database
 
-    app = ProblemMiddleware(app)   # or app.add_middleware(ProblemMiddleware)
+    app.add_middleware(ProblemMiddleware)   # problem+json for database errors
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any, Final
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from resilient_db._validate import config_error
 from resilient_db.classify import Classifier
 from resilient_db.engine import create_async_engine
 from resilient_db.integrations._problems import Problem, problem_for
@@ -129,9 +130,12 @@ def database_lifespan(
     Configuration errors surface at startup, not at the first request.
     """
     if not isinstance(state_key, str) or not state_key.isidentifier():
-        raise TypeError(
-            f"database_lifespan(state_key={state_key!r}) must be a Python identifier, "
-            "e.g. 'database' (it becomes request.state.database)"
+        raise config_error(
+            "database_lifespan",
+            "state_key",
+            state_key,
+            "a Python identifier (it becomes request.state.<state_key>)",
+            "state_key='database' (the default)",
         )
 
     @contextlib.asynccontextmanager
@@ -148,7 +152,10 @@ class ProblemMiddleware:
     """Answers the database errors :func:`problem_for` knows with a problem+json response.
 
     Other exceptions, and errors raised after the response has started, pass through
-    unchanged. Pure ASGI: wraps any ASGI app (``app.add_middleware(ProblemMiddleware)``).
+    unchanged. Pure ASGI. In Starlette and FastAPI add it with
+    ``app.add_middleware(ProblemMiddleware)`` (inside their outermost error middleware, which
+    answers 500 before anything outside it sees the exception), or use
+    :func:`resilient_db.integrations.fastapi.add_exception_handlers` instead.
     """
 
     def __init__(self, app: ASGIApp, *, classifier: Classifier | None = None) -> None:
