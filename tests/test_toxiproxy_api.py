@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import http.client
-import os
 import secrets
 import socket
 from collections.abc import Iterator
@@ -17,30 +16,22 @@ from typing import Any
 
 import pytest
 
+from resilient_db.pytest_plugin import toxiproxy_external_url
 from resilient_db.toxiproxy import ToxiproxyAPIError, ToxiproxyClient, ToxiproxyServer
 from tests._toxiproxy_support import call, exchange
-
-EXTERNAL = os.environ.get("TOXIPROXY_URL")
 
 
 @pytest.fixture(
     scope="module",
-    params=[
-        "embedded",
-        pytest.param(
-            "external",
-            marks=[
-                pytest.mark.toxiproxy_external,
-                pytest.mark.skipif(not EXTERNAL, reason="TOXIPROXY_URL is not set"),
-            ],
-        ),
-    ],
+    params=["embedded", pytest.param("external", marks=pytest.mark.toxiproxy_external)],
 )
 def api(request: pytest.FixtureRequest) -> Iterator[str]:
-    """API URL of the server under test."""
+    """API URL of the server under test (external: ``--toxiproxy-url`` / ``TOXIPROXY_URL``)."""
     if request.param == "external":
-        assert EXTERNAL
-        yield EXTERNAL if "://" in EXTERNAL else f"http://{EXTERNAL}"
+        external = toxiproxy_external_url(request.config)
+        if not external:
+            pytest.skip("no external Toxiproxy (--toxiproxy-url / TOXIPROXY_URL)")
+        yield external if "://" in external else f"http://{external}"
         return
     with ToxiproxyServer.in_thread() as server:
         yield server.url
