@@ -183,8 +183,6 @@ def test_dependency_scope_follows_the_installed_fastapi() -> None:
     if SUPPORTS_DEPENDENCY_SCOPE:
         assert dep.scope == "function"  # commit before the response is sent
         assert unit_of_work(commit="after_response").scope == "request"
-    with pytest.raises(ValueError, match="before_response"):
-        unit_of_work(commit="later")  # type: ignore[arg-type]
 
 
 async def test_outage_through_the_fault_proxy_503_with_retry_after_then_200(
@@ -264,3 +262,21 @@ async def test_problem_middleware_answers_for_any_asgi_app() -> None:
         assert answer.json()["status"] == 503
         assert (await client.get("/m")).status_code == 500  # untouched: the server's 500
         assert (await client.get("/f")).text == "ok"
+
+
+def test_bad_configuration_is_refused_with_the_one_message_format(pg_url: str) -> None:
+    from starlette.requests import Request as StarletteRequest
+
+    from resilient_db import ConfigurationError
+    from resilient_db.integrations.asgi import database_lifespan
+    from resilient_db.integrations.fastapi import repository
+
+    with pytest.raises(ConfigurationError, match=r"^unit_of_work\(commit='later'\) must be"):
+        unit_of_work(commit="later")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^repository\(factory=3\) must be callable; fix:"):
+        repository(3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"state_key='no-dash'\) must be a Python"):
+        database_lifespan(pg_url, state_key="no-dash")
+    bare = StarletteRequest({"type": "http", "state": {}})
+    with pytest.raises(ConfigurationError, match=r"lifespan=database_lifespan\(url\)"):
+        get_database(bare)

@@ -75,6 +75,10 @@ async def test_sequential_same_key_applies_once_and_replays_result(
     assert second.previous.committed
     assert second.previous.replay() == {"id": 7, "items": [1, 2]}
     assert second.previous.recorded_at is not None
+    error = second.previous.already_applied()
+    assert error.has_result
+    assert error.result == {"id": 7, "items": [1, 2]}
+    assert "the earlier result is in .result" in str(error)
     state = await ledger.lookup(engine, "order-1")
     assert state.committed
     assert state.result == {"id": 7, "items": [1, 2]}

@@ -32,6 +32,7 @@ from typing import Any, Final
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from resilient_db._validate import config_error
 from resilient_db.classify import Classifier
 from resilient_db.engine import create_async_engine
 from resilient_db.integrations._problems import Problem, problem_for
@@ -129,9 +130,12 @@ def database_lifespan(
     Configuration errors surface at startup, not at the first request.
     """
     if not isinstance(state_key, str) or not state_key.isidentifier():
-        raise TypeError(
-            f"database_lifespan(state_key={state_key!r}) must be a Python identifier, "
-            "e.g. 'database' (it becomes request.state.database)"
+        raise config_error(
+            "database_lifespan",
+            "state_key",
+            state_key,
+            "a Python identifier (it becomes request.state.<state_key>)",
+            "state_key='database' (the default)",
         )
 
     @contextlib.asynccontextmanager

@@ -37,6 +37,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from resilient_db._validate import check_type
 from resilient_db.integrations._telemetry import (
     METRICS,
     MetricSpec,
@@ -80,11 +81,13 @@ class OpenTelemetry:
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError(
-                f"OpenTelemetry(engine) needs the Database's AsyncEngine, got "
-                f"{type(engine).__name__}"
-            )
+        check_type(
+            "OpenTelemetry",
+            "engine",
+            engine,
+            AsyncEngine,
+            fix="pass the Database's engine: OpenTelemetry(db.engine)",
+        )
         url = engine.url
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)

@@ -33,6 +33,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, m
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from resilient_db._validate import check_type
 from resilient_db.integrations._telemetry import (
     METRICS,
     SECONDS_BUCKETS,
@@ -128,11 +129,13 @@ class PrometheusMetrics:
     """
 
     def __init__(self, engine: AsyncEngine, *, registry: CollectorRegistry = REGISTRY) -> None:
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError(
-                f"PrometheusMetrics(engine) needs the Database's AsyncEngine, got "
-                f"{type(engine).__name__}"
-            )
+        check_type(
+            "PrometheusMetrics",
+            "engine",
+            engine,
+            AsyncEngine,
+            fix="pass the Database's engine: PrometheusMetrics(db.engine)",
+        )
         self._watched = Watched(pool_name=pool_name(engine), engine=engine)
         self._listening: CircuitBreaker | None = None
         self._shared = _for(registry)
