@@ -270,3 +270,31 @@ def _assert_no_sensitive_attributes(otel: Otel) -> None:
                     for value in (point.attributes or {}).values():
                         assert "INSERT" not in str(value)
                         assert "SELECT" not in str(value)
+
+
+async def test_pool_timeouts_and_connections_by_state(otel: Otel, pg_url: str) -> None:
+    eng = create_async_engine(pg_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    try:
+        telemetry = otel.telemetry(eng)
+        events: list[UnitEvent] = []
+        db = Database(
+            eng,
+            retry=RetryPolicy(attempts=1, deadline=None),
+            breaker=None,
+            name="pool.starved",
+            listeners=[telemetry, events.append],
+        )
+        async with eng.connect() as held:  # the pool's only connection, held
+            await held.execute(text("SELECT 1"))
+            used = {
+                a["db.client.connection.state"]: p.value
+                for a, p in otel.points("db.client.connection.count")
+            }
+            assert used == {"idle": 0, "used": 1}
+            with pytest.raises(Exception, match="QueuePool limit"):
+                await run_unit(db, lambda s: s.execute(text("SELECT 1")), events)
+    finally:
+        await eng.dispose()
+    assert [e.category for e in events if e.event == "unit.attempt_failed"] == ["pool_exhausted"]
+    timeouts = otel.points("db.client.connection.timeouts")
+    assert [p.value for _, p in timeouts] == [1]
