@@ -96,12 +96,14 @@ def create_app(
     *,
     engine_options: dict[str, Any] | None = None,
     registry: Any = None,
+    instrument_with: list[Any] | None = None,
     **database_options: Any,
 ) -> FastAPI:
     """The app for ``url``; ``database_options`` go to ``Database(...)`` (retry, breaker,
     deadline, listeners...); ``registry`` is the Prometheus registry served at /metrics
-    (default: ``prometheus_client.REGISTRY``) when the [prometheus] extra is installed."""
-    instrument: list[Any] = []
+    (default: ``prometheus_client.REGISTRY``) when the [prometheus] extra is installed;
+    ``instrument_with``: more telemetry factories (e.g. ``[OpenTelemetry]``)."""
+    instrument: list[Any] = list(instrument_with or ())
     try:
         import prometheus_client
 
