@@ -16,6 +16,7 @@ from resilient_db import (
     CircuitOpenError,
     CommitOutcomeUnknown,
     DeadlineExceeded,
+    ResilientDBError,
     RetryPolicy,
 )
 from resilient_db.integrations import PROBLEM_JSON, problem_for
@@ -70,15 +71,18 @@ async def test_lifespan_disposes_of_the_engine_at_shutdown(shop_url: str) -> Non
     @app.get("/pool")
     async def pool(request: Request) -> dict[str, int]:
         db = get_database(request)
-        seen["engine"] = db.engine
+        seen["engine"], seen["db"] = db.engine, db
         async with db.transaction() as session:
             await session.execute(text("SELECT 1"))
         return {"checked_in": db.engine.pool.checkedin()}  # type: ignore[attr-defined]
 
     async with serve(app) as base, httpx.AsyncClient(base_url=base) as client:
         assert (await client.get("/pool")).json()["checked_in"] >= 1
-    # After shutdown the pool holds no connection.
+    # After shutdown the pool holds no connection and the Database is closed (aclose()).
     assert seen["engine"].pool.checkedin() == 0
+    with pytest.raises(ResilientDBError, match=r"closed by aclose\(\)"):
+        async with seen["db"].transaction():
+            pass
 
 
 async def test_errors_become_problem_details(
