@@ -1,18 +1,20 @@
-"""Overhead of the embedded Toxiproxy-compatible proxy (no toxics), direct vs proxied.
+"""The embedded Toxiproxy-compatible proxy, side by side with direct and a real Toxiproxy.
 
 Run: ``.venv/bin/python benchmarks/bench_proxy.py [--round-trips N] [--megabytes M]``
+(``TOXIPROXY_URL=http://127.0.0.1:8474`` adds a column for a real Toxiproxy on this machine).
 
-Prints the round-trip latency percentiles (64-byte ping-pong over loopback) and the bulk
-throughput of a one-way stream, each measured directly against the upstream and through the
-proxy. Targets: added latency p50 <= 100 µs, throughput >= 100 MB/s.
+Prints, per server: round-trip latency (64-byte ping-pong over loopback, no toxic), the bulk
+throughput of a one-way stream, and the rate of 300-byte round trips through the chaos suite's
+``slicer`` toxic (~8-byte pieces 200 µs apart, both directions). Targets: added latency
+p50 <= 100 µs, throughput >= 100 MB/s, slicer rate at least the reference's.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import socket
-import statistics
 import sys
 import threading
 import time
@@ -105,46 +107,111 @@ def _throughput(port: int, megabytes: int) -> float:
     return total / elapsed / 1e6
 
 
+def _slicer_rate(port: int, seconds: float) -> tuple[float, float]:
+    """Sequential 300-byte round trips for ``seconds``: (round trips/s, p50 ms)."""
+    payload = b"q" * 300
+    samples: list[float] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            sock.sendall(payload)
+            got = 0
+            while got < len(payload):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("echo closed")
+                got += len(chunk)
+            samples.append(time.perf_counter() - start)
+    return len(samples) / sum(samples), _pct(samples, 0.5) * 1e3
+
+
 def _pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+#: The chaos suite's slicer scenario: ~8-byte pieces 200 µs apart, both directions.
+_SLICER = {"average_size": 8, "size_variation": 6, "delay": 200}
+
+
+def _measure(
+    url: str, echo: _ThreadServer, source: _ThreadServer, args: argparse.Namespace
+) -> dict[str, float]:
+    """Every figure for the server at ``url`` (proxies created, then deleted)."""
+    client = ToxiproxyClient(url)
+    tag = f"bench_{int(time.time() * 1000) % 10**8}"
+    p_echo = client.create_proxy(name=f"{tag}_echo", upstream=f"127.0.0.1:{echo.port}")
+    p_source = client.create_proxy(name=f"{tag}_source", upstream=f"127.0.0.1:{source.port}")
+    p_slice = client.create_proxy(name=f"{tag}_slice", upstream=f"127.0.0.1:{echo.port}")
+    try:
+        for stream in ("upstream", "downstream"):
+            client.add_toxic(p_slice.name, type="slicer", stream=stream, attributes=_SLICER)
+        rt = _round_trips(p_echo.listen_port, args.round_trips)
+        rate, p50 = _slicer_rate(p_slice.listen_port, args.seconds)
+        return {
+            "rt_p50": _pct(rt, 0.5) * 1e6,
+            "rt_p99": _pct(rt, 0.99) * 1e6,
+            "mbps": _throughput(p_source.listen_port, args.megabytes),
+            "slicer_rate": rate,
+            "slicer_p50": p50,
+        }
+    finally:
+        for info in (p_echo, p_source, p_slice):
+            client.delete_proxy(info.name)
+
+
+_ROWS = (
+    ("round trip p50, 64 B (µs)", "rt_p50", "{:.1f}"),
+    ("round trip p99, 64 B (µs)", "rt_p99", "{:.1f}"),
+    ("bulk throughput (MB/s)", "mbps", "{:.0f}"),
+    ("slicer round trips/s, 300 B", "slicer_rate", "{:.1f}"),
+    ("slicer round trip p50 (ms)", "slicer_p50", "{:.2f}"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--round-trips", type=int, default=5000)
     parser.add_argument("--megabytes", type=int, default=512)
+    parser.add_argument("--seconds", type=float, default=5.0, help="slicer phase length")
     args = parser.parse_args(argv)
+    external = os.environ.get("TOXIPROXY_URL")
 
     echo = _ThreadServer(_echo)
     source = _ThreadServer(_source(args.megabytes))
     try:
+        direct = _round_trips(echo.port, args.round_trips)
+        columns: dict[str, dict[str, float]] = {
+            "direct": {
+                "rt_p50": _pct(direct, 0.5) * 1e6,
+                "rt_p99": _pct(direct, 0.99) * 1e6,
+                "mbps": _throughput(source.port, args.megabytes),
+            }
+        }
         with ToxiproxyServer.in_thread() as server:
-            client = ToxiproxyClient(server.url)
-            p_echo = client.create_proxy(name="echo", upstream=f"127.0.0.1:{echo.port}")
-            p_source = client.create_proxy(name="source", upstream=f"127.0.0.1:{source.port}")
-
-            direct = _round_trips(echo.port, args.round_trips)
-            proxied = _round_trips(p_echo.listen_port, args.round_trips)
-            print(f"round trip, 64 B ping-pong, {args.round_trips} samples (µs)")
-            print(f"  {'':8} {'p50':>8} {'p90':>8} {'p99':>8} {'mean':>8}")
-            for label, s in (("direct", direct), ("proxied", proxied)):
-                print(
-                    f"  {label:8} {_pct(s, 0.5) * 1e6:8.1f} {_pct(s, 0.9) * 1e6:8.1f} "
-                    f"{_pct(s, 0.99) * 1e6:8.1f} {statistics.fmean(s) * 1e6:8.1f}"
-                )
-            added = (_pct(proxied, 0.5) - _pct(direct, 0.5)) * 1e6
-            print(f"  added latency p50: {added:.1f} µs (target <= 100 µs)")
-
-            d_rate = _throughput(source.port, args.megabytes)
-            p_rate = _throughput(p_source.listen_port, args.megabytes)
-            print(f"bulk throughput, {args.megabytes} MiB one way (MB/s)")
-            print(f"  direct   {d_rate:10.1f}")
-            print(f"  proxied  {p_rate:10.1f}   (target >= 100 MB/s)")
-            ok = added <= 100 and p_rate >= 100
+            columns["embedded"] = _measure(server.url, echo, source, args)
+        if external:
+            columns["reference"] = _measure(
+                external if "://" in external else f"http://{external}", echo, source, args
+            )
     finally:
         echo.close()
         source.close()
+    print(f"{'':32}" + "".join(f"{name:>12}" for name in columns))
+    for label, key, fmt in _ROWS:
+        cells = "".join(f"{fmt.format(c[key]) if key in c else '-':>12}" for c in columns.values())
+        print(f"{label:32}{cells}")
+    if "reference" in columns:
+        ratio = columns["embedded"]["slicer_rate"] / columns["reference"]["slicer_rate"]
+        print(f"slicer round trips/s, embedded / reference: {ratio:.2f}")
+    else:
+        print("(set TOXIPROXY_URL to a real Toxiproxy on this machine to compare side by side)")
+    embedded = columns["embedded"]
+    added = embedded["rt_p50"] - columns["direct"]["rt_p50"]
+    print(f"added latency p50: {added:.1f} µs (target <= 100 µs); proxied bulk target >= 100 MB/s")
+    ok = added <= 100 and embedded["mbps"] >= 100
     print("OK" if ok else "TARGET MISSED")
     return 0 if ok else 1
 

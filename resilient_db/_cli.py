@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor",
         help="compare the engine configuration with the live server",
         description="Connect to the server and check pool size against max_connections, "
-        "pool_recycle against idle_session_timeout, timeouts and driver. Exits 1 on errors.",
+        "pool_recycle against idle_session_timeout, timeouts and driver; with a multi-host "
+        "URL (?host=h1:5432,h2:5432) say which host is the primary. Exits 1 on errors.",
     )
     p.add_argument("--url", help="database URL (default: $DATABASE_URL); password never shown")
     p.add_argument(

@@ -56,6 +56,8 @@ FACTS: Final[tuple[tuple[str, str], ...]] = (
     ("role", ""),
     ("mode", ""),
     ("cluster_port", ""),
+    ("status", ""),
+    ("problem", ""),
     ("primary_port", ""),
 )
 
@@ -90,10 +92,10 @@ PHRASES: Final[dict[str, str]] = {
     "pool.kept": "the connection pool was kept",
     "pool.ping_failed": "a pool pre-ping failed",
     "pool.timeline_probe_failed": "reading the server's timeline failed",
+    "http.problem": "answered a database error with an HTTP problem response",
 }
 
 _EVENT: Final = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
-_RENDERED: Final = "_resilient_db_rendered"
 
 
 def _value(value: object, unit: str) -> str | None:
@@ -134,14 +136,17 @@ class EventMessageFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         data = record.__dict__
-        if data.get(_RENDERED) or record.args or not isinstance(record.msg, str):
+        if not isinstance(record.msg, str):
             return True
-        event = record.msg
-        if not _EVENT.fullmatch(event):
+        message = record.msg
+        if _EVENT.fullmatch(message) and not record.args:
+            data.setdefault("event", message)
+            record.msg = render(message, data)
             return True
-        data[_RENDERED] = True
-        data.setdefault("event", event)
-        record.msg = render(event, data)
+        # Already a sentence ("unit.close_failed: closing ... %s"): keep it, name the event.
+        head = message.split(":", 1)[0]
+        if head != message and _EVENT.fullmatch(head):
+            data.setdefault("event", head)
         return True
 
 

@@ -167,6 +167,10 @@ def check_int(
     return value
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def check_bool(owner: str, name: str, value: object) -> bool:
     """``value`` if it is ``True`` or ``False`` (not merely truthy)."""
     if not isinstance(value, bool):
@@ -253,10 +257,10 @@ def check_type(
     if not isinstance(value, types):
         classes = types if isinstance(types, tuple) else (types,)
         names = " or ".join(c.__name__ for c in classes)
-        must = what or f"a {names}"
+        must = what or f"{_article(names)} {names}"
         if allow_none:
             must += " or None"
         raise config_error(
-            owner, name, value, must, fix or f"pass a {names} instance", wrong_type=True
+            owner, name, value, must, fix or f"pass {_article(names)} {names}", wrong_type=True
         )
     return value

@@ -11,14 +11,17 @@ Fault-proxy fixtures:
 ``toxiproxy_server`` (session)
     The API URL of the server: an external Toxiproxy when ``--toxiproxy-url`` or the
     ``TOXIPROXY_URL`` environment variable is given, else an embedded server in a background
-    thread on 127.0.0.1 (an ephemeral port).
+    thread on 127.0.0.1 (an ephemeral port); ``--toxiproxy-strict`` runs the embedded one in
+    strict mode (400 for likely mistakes the reference accepts, see
+    :data:`~resilient_db.toxiproxy.STRICT_CHECKS`).
 ``toxiproxy``
     A :class:`~resilient_db.toxiproxy.ToxiproxyClient` for that server; ``POST /reset`` after
     the test.
 ``toxiproxy_postgres``
     A factory: ``db = toxiproxy_postgres(pg_url)`` puts a proxy in front of a PostgreSQL URL
-    (``postgresql+asyncpg://…`` or a libpq DSN) and returns a :class:`ToxiproxyPostgres` whose
-    ``url`` goes through the proxy, with fault helpers that always clean up::
+    (``postgresql+asyncpg://…`` or a libpq DSN) and returns a
+    :class:`~resilient_db.toxiproxy.ToxiproxyPostgres` whose ``url`` goes through the proxy,
+    with fault helpers that always clean up::
 
         with db.latency(200):
             ...
@@ -82,7 +85,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="toxiproxy_strict",
         action="store_true",
         default=False,
-        help="run the embedded server in strict mode (400 for likely mistakes)",
+        help="run the embedded server in strict mode (400 for likely mistakes; "
+        "no effect on an external Toxiproxy)",
     )
 
 

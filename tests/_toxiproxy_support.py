@@ -65,8 +65,12 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-class Upstream:
-    """A TCP server on 127.0.0.1 running ``handler`` per connection (echo by default)."""
+class TcpServer:
+    """The tests' one TCP server: 127.0.0.1, an ephemeral port, ``handler`` per connection.
+
+    Echo by default. It counts connections, and on exit closes the listener, aborts every
+    connection and waits (bounded) for the handlers. A relay or a fake upstream is a handler.
+    """
 
     def __init__(self, handler: Handler = _echo) -> None:
         self.handler = handler
@@ -93,7 +97,7 @@ class Upstream:
             writer.transport.abort()
             self._tasks.discard(task)
 
-    async def __aenter__(self) -> Upstream:
+    async def __aenter__(self) -> TcpServer:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -106,9 +110,13 @@ class Upstream:
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
+            await asyncio.wait(self._tasks, timeout=5)
+        await asyncio.wait_for(self._server.wait_closed(), 5)
         await asyncio.sleep(0)
+
+
+#: The name the toxiproxy tests use for it: the server a proxy forwards to.
+Upstream = TcpServer
 
 
 @contextlib.asynccontextmanager

@@ -20,6 +20,7 @@ from resilient_db import (
     INJECTED,
     CircuitBreaker,
     CommitOutcomeUnknown,
+    ConfigurationError,
     Database,
     DeadlineExceeded,
     RetryBudget,
@@ -598,16 +599,28 @@ async def test_lost_commit_unresolvable_within_deadline_is_unknown_not_failed(
 @pytest.mark.parametrize(
     ("options", "error", "needle"),
     [
-        ({"deadline": -1}, ValueError, "deadline must be a finite number of seconds > 0"),
-        ({"deadline": float("nan")}, ValueError, "deadline must be a finite number"),
-        ({"resolve_timeout": 0}, ValueError, "resolve_timeout must be a finite number"),
-        ({"cleanup_timeout": True}, ValueError, "cleanup_timeout must be a finite number"),
-        ({"retry": 3}, TypeError, "Database(retry=...) must be a RetryPolicy"),
-        ({"breaker": "db"}, TypeError, "Database(breaker=...) must be a CircuitBreaker"),
-        ({"budget": 10}, TypeError, "Database(budget=...) must be a RetryBudget"),
-        ({"classifier": print}, TypeError, "Database(classifier=...) must be a Classifier"),
+        (
+            {"deadline": -1},
+            ValueError,
+            "Database(deadline=-1) must be a finite number of seconds > 0",
+        ),
+        ({"deadline": float("nan")}, ValueError, "Database(deadline=nan) must be a finite number"),
+        ({"resolve_timeout": 0}, ValueError, "Database(resolve_timeout=0) must be a finite number"),
+        ({"cleanup_timeout": True}, ValueError, "Database(cleanup_timeout=True) must be a finite"),
+        ({"allowance": -0.1}, ValueError, "Database(allowance=-0.1) must be a finite number"),
+        ({"retry": 3}, TypeError, "Database(retry=3) must be a RetryPolicy"),
+        ({"breaker": "db"}, TypeError, "Database(breaker='db') must be a CircuitBreaker"),
+        ({"budget": 10}, TypeError, "Database(budget=10) must be a RetryBudget"),
+        ({"classifier": print}, TypeError, "must be a Classifier"),
         ({"listeners": [1]}, TypeError, "must be callables taking a UnitEvent"),
-        ({"idempotent": "yes"}, TypeError, "Database(idempotent=...) must be True or False"),
+        ({"idempotent": "yes"}, TypeError, "Database(idempotent='yes') must be True or False"),
+        ({"wait_for_breaker": 1}, TypeError, "Database(wait_for_breaker=1) must be True or"),
+        ({"clock": 5}, TypeError, "Database(clock=5) must be"),
+        ({"retries": 3}, TypeError, "did you mean 'retry'?"),
+        ({"deadlin": 3}, TypeError, "did you mean 'deadline'?"),
+        ({"session_options": {"autoflsh": False}}, TypeError, "did you mean 'autoflush'?"),
+        ({"session_options": {"bind": None}}, ValueError, "free of bind/binds"),
+        ({"session_options": ["autoflush"]}, TypeError, "must be a dict of AsyncSession"),
     ],
 )
 async def test_database_rejects_bad_options_with_the_fix(
@@ -618,6 +631,8 @@ async def test_database_rejects_bad_options_with_the_fix(
         with pytest.raises(error) as info:
             Database(engine, **options)
         assert needle in str(info.value)
+        assert isinstance(info.value, ConfigurationError)
+        assert "; fix: " in str(info.value)
     finally:
         await engine.dispose()
 
@@ -628,7 +643,7 @@ def test_database_needs_an_async_engine() -> None:
 
 
 def test_transactional_rejects_bad_use_at_decoration_time() -> None:
-    with pytest.raises(ValueError, match="deadline must be a finite number"):
+    with pytest.raises(ValueError, match=r"deadline=0\) must be a finite number"):
         transactional(deadline=0)
     with pytest.raises(TypeError, match="needs an async function"):
 
@@ -636,8 +651,19 @@ def test_transactional_rejects_bad_use_at_decoration_time() -> None:
         def sync_method(x: int, *, session: AsyncSession = INJECTED) -> int:
             return x
 
-    with pytest.raises(TypeError, match=r"database=\.\.\.\) must be a Database"):
+    with pytest.raises(TypeError, match=r"database=42\) must be a Database"):
         transactional(database=42)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="'session' parameter"):
+
+        @transactional
+        async def no_session(x: int) -> int:
+            return x
+
+    with pytest.raises(TypeError, match="'session' parameter"):
+
+        @transactional
+        async def positional_only(session: AsyncSession, /) -> None:
+            return None
 
 
 async def test_listeners_see_retries_and_an_exhausted_budget(

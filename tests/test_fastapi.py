@@ -3,22 +3,20 @@ against the real PostgreSQL; faults through the embedded fault proxy."""
 
 from __future__ import annotations
 
+import logging
 import math
-import secrets
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from resilient_db import (
     CircuitBreaker,
     CircuitOpenError,
     CommitOutcomeUnknown,
     DeadlineExceeded,
+    ResilientDBError,
     RetryPolicy,
 )
 from resilient_db.integrations import PROBLEM_JSON, problem_for
@@ -28,34 +26,19 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed (the test ex
 
 from fastapi import Request  # noqa: E402
 
-from examples.fastapi_app import SCHEMA_SQL, create_app  # noqa: E402
+from examples.fastapi_app import create_app  # noqa: E402
 from resilient_db.integrations.fastapi import (  # noqa: E402
     SUPPORTS_DEPENDENCY_SCOPE,
     get_database,
     unit_of_work,
 )
+from tests._shop import shop_url  # noqa: E402, F401  (the fixture)
 from tests._uvicorn import serve  # noqa: E402
 
 FAST_RETRY = RetryPolicy(attempts=2, initial=0.01, max_backoff=0.02)
 
 
-@pytest.fixture
-def shop_url(admin_conn: psycopg.Connection[tuple[object, ...]], pg_url: str) -> Iterator[str]:
-    """A database of its own with the example's table and two accounts (dropped after)."""
-    name = f"rdb_fastapi_{secrets.token_hex(3)}"
-    admin_conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(pg_url).set(database=name)
-    try:
-        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(SCHEMA_SQL)
-            conn.execute("INSERT INTO account VALUES (1, 100), (2, 100)")
-        yield url.render_as_string(hide_password=False)
-    finally:
-        admin_conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def test_example_app_serves_reads_writes_and_readiness(shop_url: str) -> None:
+async def test_example_app_serves_reads_writes_and_readiness(shop_url: str) -> None:  # noqa: F811
     app = create_app(shop_url, retry=FAST_RETRY)
     async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
         assert (await client.get("/accounts/1")).json() == {"id": 1, "balance": 100}
@@ -81,25 +64,32 @@ async def test_example_app_serves_reads_writes_and_readiness(shop_url: str) -> N
         assert again.headers["content-type"] != PROBLEM_JSON
 
 
-async def test_lifespan_disposes_of_the_engine_at_shutdown(shop_url: str) -> None:
+async def test_lifespan_disposes_of_the_engine_at_shutdown(shop_url: str) -> None:  # noqa: F811
     app = create_app(shop_url)
     seen: dict[str, Any] = {}
 
     @app.get("/pool")
     async def pool(request: Request) -> dict[str, int]:
         db = get_database(request)
-        seen["engine"] = db.engine
+        seen["engine"], seen["db"] = db.engine, db
         async with db.transaction() as session:
             await session.execute(text("SELECT 1"))
         return {"checked_in": db.engine.pool.checkedin()}  # type: ignore[attr-defined]
 
     async with serve(app) as base, httpx.AsyncClient(base_url=base) as client:
         assert (await client.get("/pool")).json()["checked_in"] >= 1
-    # After shutdown the pool holds no connection.
+    # After shutdown the pool holds no connection and the Database is closed (aclose()).
     assert seen["engine"].pool.checkedin() == 0
+    with pytest.raises(ResilientDBError, match=r"closed by aclose\(\)"):
+        async with seen["db"].transaction():
+            pass
 
 
-async def test_errors_become_problem_details(shop_url: str) -> None:
+async def test_errors_become_problem_details(
+    shop_url: str,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="resilient_db")
     app = create_app(shop_url, retry=FAST_RETRY, breaker=None)
     slow = unit_of_work(deadline=0.3)
 
@@ -143,6 +133,11 @@ async def test_errors_become_problem_details(shop_url: str) -> None:
         assert exhausted.json()["sqlstate"] == "40001"
         assert exhausted.json()["category"] == "serialization"
         assert "retry-after" not in exhausted.headers
+    logged = [r for r in caplog.records if r.__dict__.get("event") == "http.problem"]
+    assert [r.getMessage() for r in logged][-1] == (
+        "http.problem: answered a database error with an HTTP problem response "
+        "(error_type=DBAPIError status=503 problem=database-error)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -174,12 +169,11 @@ def test_dependency_scope_follows_the_installed_fastapi() -> None:
     if SUPPORTS_DEPENDENCY_SCOPE:
         assert dep.scope == "function"  # commit before the response is sent
         assert unit_of_work(commit="after_response").scope == "request"
-    with pytest.raises(ValueError, match="before_response"):
-        unit_of_work(commit="later")  # type: ignore[arg-type]
 
 
 async def test_outage_through_the_fault_proxy_503_with_retry_after_then_200(
-    shop_url: str, toxiproxy_postgres: Any
+    shop_url: str,  # noqa: F811
+    toxiproxy_postgres: Any,
 ) -> None:
     proxied = toxiproxy_postgres(shop_url)
     breaker = CircuitBreaker(
@@ -223,3 +217,53 @@ async def _pause(seconds: float) -> None:
     import anyio
 
     await anyio.sleep(seconds)  # bounded poll
+
+
+async def test_problem_middleware_answers_for_any_asgi_app() -> None:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from resilient_db.integrations.asgi import ProblemMiddleware
+
+    async def refused(request: Request) -> PlainTextResponse:
+        raise CircuitOpenError("db", 2.5)
+
+    async def mine(request: Request) -> PlainTextResponse:
+        raise KeyError("the application's own")
+
+    async def fine(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[Route("/r", refused), Route("/m", mine), Route("/f", fine)],
+        middleware=[Middleware(ProblemMiddleware)],  # inside Starlette's own 500 handler
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        answer = await client.get("/r")
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "3"
+        assert answer.headers["content-type"] == PROBLEM_JSON
+        assert answer.json()["status"] == 503
+        assert (await client.get("/m")).status_code == 500  # untouched: the server's 500
+        assert (await client.get("/f")).text == "ok"
+
+
+def test_bad_configuration_is_refused_with_the_one_message_format(pg_url: str) -> None:
+    from starlette.requests import Request as StarletteRequest
+
+    from resilient_db import ConfigurationError
+    from resilient_db.integrations.asgi import database_lifespan
+    from resilient_db.integrations.fastapi import repository
+
+    with pytest.raises(ConfigurationError, match=r"^unit_of_work\(commit='later'\) must be"):
+        unit_of_work(commit="later")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^repository\(factory=3\) must be callable; fix:"):
+        repository(3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"state_key='no-dash'\) must be a Python"):
+        database_lifespan(pg_url, state_key="no-dash")
+    bare = StarletteRequest({"type": "http", "state": {}})
+    with pytest.raises(ConfigurationError, match=r"lifespan=database_lifespan\(url\)"):
+        get_database(bare)

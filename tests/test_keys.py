@@ -6,6 +6,7 @@ import pickle
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import anyio
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import resilient_db
 from resilient_db import AlreadyApplied, ConfigurationError, Ledger, create_async_engine
 from resilient_db.units._keys import KeyRecord
+from tests._relay import relay_to
 
 
 @pytest.fixture(params=["asyncpg", "psycopg"])
@@ -73,6 +75,10 @@ async def test_sequential_same_key_applies_once_and_replays_result(
     assert second.previous.committed
     assert second.previous.replay() == {"id": 7, "items": [1, 2]}
     assert second.previous.recorded_at is not None
+    error = second.previous.already_applied()
+    assert error.has_result
+    assert error.result == {"id": 7, "items": [1, 2]}
+    assert "the earlier result is in .result" in str(error)
     state = await ledger.lookup(engine, "order-1")
     assert state.committed
     assert state.result == {"id": 7, "items": [1, 2]}
@@ -283,3 +289,29 @@ async def _wait_blocked(engine: AsyncEngine, timeout: float = 10.0) -> None:
             if waiting:
                 return
             await anyio.sleep(0.02)  # bounded poll
+
+
+@pytest.mark.parametrize("cut", ["before", "after"])
+async def test_a_commit_cut_by_the_network_is_settled_by_its_key(
+    engine: AsyncEngine, ledger: Ledger, cut: Literal["before", "after"]
+) -> None:
+    """COMMIT dropped on the way in (rolled back) or its answer dropped (committed): the key
+    tells which, on a fresh connection."""
+    url = engine.url
+    async with relay_to(url.host or "127.0.0.1", url.port or 5432) as relay:
+        proxied = create_async_engine(url.set(host="127.0.0.1", port=relay.port), pool_size=2)
+        try:
+            conn = await proxied.connect()
+            rec = await ledger.record(conn, f"cut-{cut}", {"cut": cut})
+            relay.cut_commit = cut
+            with pytest.raises(Exception):  # noqa: B017 - the driver's connection-lost error
+                await conn.commit()
+            await conn.invalidate()
+            await conn.close()
+            state = await ledger.resolve(proxied, rec, timeout=10)
+        finally:
+            await proxied.dispose()
+    assert state is not None
+    assert state.committed is (cut == "after")
+    if cut == "after":
+        assert state.result == {"cut": cut}

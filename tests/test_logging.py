@@ -105,10 +105,13 @@ def test_render_shows_only_listed_facts_and_leaves_other_records_alone(
     log = logging.getLogger("resilient_db")
     log.info("some.event", extra={"unit": "u", "sleep": 1.5, "error": f"password={SECRET}"})
     log.info("plain text %s", "kept")
+    log.info("unit.close_failed: closing raised %s; dropped", "OSError")
     log.info("Not an event name")
     install()  # a second install adds no second filter
     assert sum(isinstance(f, EventMessageFilter) for f in log.filters) == 1
-    event, plain, sentence = caplog.records[-3:]
+    event, plain, written, sentence = caplog.records[-4:]
+    assert written.getMessage() == "unit.close_failed: closing raised OSError; dropped"
+    assert written.__dict__["event"] == "unit.close_failed"  # named, message kept
     assert event.getMessage() == "some.event: unit=u sleep=1.5s"
     assert event.__dict__["event"] == "some.event"
     assert SECRET not in event.getMessage()

@@ -78,7 +78,6 @@ def _database(engine: AsyncEngine, events: list[UnitEvent] | None = None) -> Dat
     return Database(
         engine,
         retry=RetryPolicy(attempts=100, initial=0.02, max_backoff=0.2),
-        breaker=None,
         deadline=30.0,
         listeners=[events.append] if events is not None else (),
     )

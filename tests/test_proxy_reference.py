@@ -97,6 +97,14 @@ def test_unparsable_upstream_is_accepted_and_dialled_per_connection(api: str, na
         assert sock.recv(10) == b""  # connect succeeded, then EOF (not refused)
 
 
+def test_listen_that_cannot_be_bound_is_a_500(api: str, name: str) -> None:
+    body = {"name": name, "listen": "127.0.0.1:99999", "upstream": "127.0.0.1:9"}
+    status, answer = call(api, "POST", "/proxies", body)
+    assert status == 500, answer
+    assert answer["status"] == 500
+    assert call(api, "GET", f"/proxies/{name}")[0] == 404  # nothing created
+
+
 def test_duplicate_names_in_one_populate(api: str, name: str) -> None:
     item = {"name": name, "listen": "127.0.0.1:0", "upstream": "127.0.0.1:9"}
     status, body = call(api, "POST", "/populate", [item, {**item, "upstream": "127.0.0.1:10"}])

@@ -160,3 +160,83 @@ def test_bootstrap_installs_only_when_pyproject_changes(tmp_path: Path) -> None:
     changed = bootstrap()
     assert "pyproject.toml changed" in changed.stderr
     assert calls.read_text().count("-m pip install") == 2
+
+
+def _block_after(heading: str) -> str:
+    section = README.split(heading, 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None, f"no python block after {heading!r}"
+    return match.group(1)
+
+
+async def test_logging_structlog_snippet_renders_json_with_the_event_and_data(
+    pg_url: str,
+) -> None:
+    pytest.importorskip("structlog", reason="structlog is not installed (the test extra)")
+    import io
+    import json
+    import logging
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from resilient_db import create_async_engine
+
+    log = logging.getLogger("resilient_db")
+    before = list(log.handlers)
+    exec(compile(_block_after("## Logging"), "README.md#logging", "exec"), {})
+    (handler,) = [h for h in log.handlers if h not in before]
+    assert isinstance(handler, logging.StreamHandler)
+    stream = io.StringIO()
+    handler.setStream(stream)
+    level = log.level
+    log.setLevel(logging.INFO)
+    engine = create_async_engine(pg_url)
+    calls = 0
+
+    async def body(session: AsyncSession) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await session.execute(
+                text("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '40001'; END $$")
+            )
+
+    try:
+        db = Database(engine, retry=RetryPolicy(attempts=2, initial=0.001), name="transfer")
+        await db.run(body)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        await engine.dispose()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    failed = next(line for line in lines if line["event"] == "unit.attempt_failed")
+    assert failed["unit"] == "transfer"
+    assert failed["attempt"] == 1
+    assert failed["sqlstate"] == "40001"
+    assert failed["category"] == "serialization"
+    assert failed["level"] == "info"
+
+
+async def test_integration_snippets_run(pg_url: str) -> None:
+    pytest.importorskip("fastapi", reason="fastapi is not installed (the [fastapi] extra)")
+    pytest.importorskip("prometheus_client", reason="prometheus_client is not installed")
+    pytest.importorskip("opentelemetry", reason="opentelemetry-api is not installed")
+    from resilient_db import create_async_engine
+
+    class AccountsRepo:
+        def __init__(self, database: Database) -> None:
+            self.database = database
+
+    web: dict[str, Any] = {"AccountsRepo": AccountsRepo}
+    exec(compile(_block_after("### FastAPI and Starlette"), "README.md", "exec"), web)
+    assert {r.path for r in web["app"].routes} >= {"/ready"}
+    engine = create_async_engine(pg_url)
+    try:
+        telemetry: dict[str, Any] = {"engine": engine, "Database": Database}
+        exec(
+            compile(_block_after("### OpenTelemetry and Prometheus"), "README.md", "exec"),
+            telemetry,
+        )
+        assert telemetry["telemetry"] in telemetry["db"].listeners
+    finally:
+        await engine.dispose()

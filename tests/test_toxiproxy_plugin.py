@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import subprocess
 import sys
@@ -139,3 +140,40 @@ def test_reuse_named_proxy_is_not_deleted(
         assert toxiproxy.get_proxy("postgres_shared").enabled
     finally:
         toxiproxy.delete_proxy("postgres_shared")
+
+
+def test_exported_from_the_toxiproxy_package(toxiproxy: ToxiproxyClient, pg_url: str) -> None:
+    from resilient_db.toxiproxy import ToxiproxyPostgres as Exported
+
+    assert Exported is ToxiproxyPostgres
+    db = Exported.create(toxiproxy, pg_url)
+    try:
+        assert db.url != pg_url
+        assert f":{db.port}/" in db.url
+    finally:
+        db.cleanup()
+
+
+_STRICT_TEST = """
+def test_strict(toxiproxy):
+    from resilient_db.toxiproxy import ToxiproxyAPIError
+    import pytest
+    toxiproxy.create_proxy(name="s", upstream="127.0.0.1:9")
+    with pytest.raises(ToxiproxyAPIError) as info:
+        toxiproxy.add_toxic("s", type="bandwidth", attributes={"rate": 0})
+    assert info.value.status == 400
+"""
+
+
+@pytest.mark.parametrize(("flag", "outcome"), [("--toxiproxy-strict", 0), (None, 1)])
+def test_strict_option(tmp_path: object, flag: str | None, outcome: int) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    (tmp_path / "test_strict.py").write_text(_STRICT_TEST)
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)]
+    if flag:
+        args.append(flag)
+    env = {k: v for k, v in os.environ.items() if k != "TOXIPROXY_URL"}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert done.returncode == outcome, done.stdout + done.stderr

@@ -158,7 +158,8 @@ def test_cli_register_and_run(tmp_path: object) -> None:
     sub = parser.add_subparsers(dest="command")
     register(sub)
     args = parser.parse_args(["toxiproxy", "--port", "0", "--config", "x.json"])
-    assert (args.host, args.port, args.config) == ("127.0.0.1", 0, "x.json")
+    assert (args.host, args.port, args.config, args.strict) == ("127.0.0.1", 0, "x.json", False)
+    assert parser.parse_args(["toxiproxy", "--strict"]).strict is True
     assert callable(args.func)
     with pytest.raises(SystemExit):
         parser.parse_args(["toxiproxy", "--port", "70000"])
@@ -167,7 +168,7 @@ def test_cli_register_and_run(tmp_path: object) -> None:
 def test_cli_process_serves_and_stops() -> None:
     env = dict(os.environ, PYTHONWARNINGS="error")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "resilient_db", "toxiproxy", "--port", "0"],
+        [sys.executable, "-m", "resilient_db", "toxiproxy", "--port", "0", "--strict"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -184,6 +185,8 @@ def test_cli_process_serves_and_stops() -> None:
         assert "listening on" in line, (line, proc.stderr.read() if proc.stderr else "")
         url = line.rsplit(" ", 1)[1].strip()
         assert call(url, "GET", "/version")[0] == 200
+        status, _ = call(url, "POST", "/proxies", {"name": "p", "upstream": "no port"})
+        assert status == 400  # --strict
         proc.terminate()
         assert proc.wait(timeout=10) == 0
     finally:

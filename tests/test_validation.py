@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -94,3 +96,78 @@ def test_large_values_are_elided_and_bad_reprs_survive() -> None:
 
     assert "(x=...)" in str(config_error("P", "x", list(range(1000)), "short", "shorten it"))
     assert "(x=<BadRepr>)" in str(config_error("P", "x", BadRepr(), "nice", "fix it"))
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _engine() -> Any:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    return create_async_engine("postgresql+asyncpg://u@127.0.0.1:1/db")  # never connects
+
+
+def _rule(**bad: object) -> object:
+    fields: dict[str, Any] = {
+        "name": "r",
+        "kind": resilient_db.ErrorKind.FATAL,
+        "category": "c",
+        "reason": "r",
+        "types": (ValueError,),
+    }
+    return resilient_db.Rule(**{**fields, **bad})
+
+
+def _testing() -> Any:
+    import resilient_db.testing as testing
+
+    return testing
+
+
+URL = "postgresql+asyncpg://u@127.0.0.1:1/db"
+
+#: (case id, the call with one bad value, the option its message must name). Every case is
+#: a public constructor or configuration entry point of resilient_db, its toxiproxy or its
+#: testing package, and speaks the one format of resilient_db._validate.
+CASES: list[tuple[str, Callable[[], object], str]] = [
+    ("Rule.retry_after", lambda: _rule(retry_after=-1.0), "retry_after"),
+    ("Rule.max_retries", lambda: _rule(max_retries=-1), "max_retries"),
+    ("Rule.kind", lambda: _rule(kind="fatal"), "kind"),
+    ("Rule.category", lambda: _rule(category=""), "category"),
+    ("Rule.sqlstates", lambda: _rule(sqlstates=("4000",)), "sqlstates"),
+    ("Rule.types", lambda: _rule(types=(int,)), "types"),
+    ("Rule.message", lambda: _rule(message="("), "message"),
+    ("Rule.phases", lambda: _rule(phases={"commit"}), "phases"),
+    ("Rule.predicate", lambda: _rule(predicate=3), "predicate"),
+    ("Classifier.rules", lambda: resilient_db.Classifier([1]), "rules"),  # type: ignore[list-item]
+    ("Classifier.without_rules", lambda: resilient_db.Classifier().without_rules("x"), "names"),
+    ("classify.phase", lambda: resilient_db.classify(ValueError(), phase="comit"), "phase"),
+    ("PgCluster.create.port", lambda: _testing().PgCluster.create(port=80), "port"),
+]
+
+# Entry points that do not speak the format yet (their owners adopt resilient_db._validate
+# under #10 item 4); move a case into CASES once it passes:
+#   CategoryBackoff(initial=-1.0), RetryPolicy(attempts=0 | jitter="x" | deadline=-1.0),
+#   RetryBudget(max_tokens=0.5 | token_ratio=-1.0), CircuitBreaker("db", failure_rate=2.0),
+#   CircuitBreaker(""), set_testing(True, attempts=0), engine_health_check(timeout=-1.0):
+#   ConfigurationError, but "...; use e.g." instead of "; fix: ...".
+#   create_async_engine(URL, pool_size=-1), Ledger(ttl=-1.0), ToxiproxyClient(timeout=-1.0),
+#   AsyncToxiproxyClient(timeout=-1.0): ConfigurationError without the owner or a fix.
+#   create_async_engine(URL, pool_sise=5), Database(engine, retry=3 | idempotent="yes"):
+#   plain TypeError.
+#   UnitOptions(deadline=-1.0), transactional(deadline=-1.0), db.commit_status("x"),
+#   doctor(URL, processes=0 | admin_reserve=2.0), ToxiproxyServer(port=-1 | idle_timeout=-1.0):
+#   plain ValueError.
+#   LocalBreakerStore(clock=3): accepted.
+
+
+@pytest.mark.parametrize(("call", "option"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_values_raise_our_error_naming_the_option_and_the_fix(
+    call: Callable[[], object], option: str
+) -> None:
+    with pytest.raises(ResilientDBError) as info:
+        call()
+    message = str(info.value)
+    assert f"({option}=" in message, message
+    assert "; fix: " in message, message
+    assert FORMAT.match(message), message

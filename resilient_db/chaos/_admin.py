@@ -33,7 +33,8 @@ def error_name(exc: BaseException) -> str:
         detail = type(orig).__qualname__
         if inner is not None and detail in ("Error", "InterfaceError", "DBAPIError"):
             detail = type(inner).__qualname__
-        return f"{name}({detail})"
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        return f"{name}({detail}{f' {code}' if isinstance(code, str) else ''})"
     return name
 
 

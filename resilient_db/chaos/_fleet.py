@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,7 +109,13 @@ async def run_fleet(
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
-    return _merge(tmp, n, probe, baseline, fault_start, fault_end, end)
+            for pipe in (p.stdin, p.stdout):
+                if pipe is not None:
+                    pipe.close()
+    try:
+        return _merge(tmp, n, probe, baseline, fault_start, fault_end, end)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _merge(
@@ -162,6 +170,7 @@ async def _worker_main(config: dict[str, Any]) -> dict[str, Any]:
     from resilient_db.chaos._run import build_database
     from resilient_db.chaos._workers import Driver
 
+    logging.getLogger("resilient_db").propagate = False  # the parent reports; keep stderr clean
     wctx = WorkloadContext(**config["context"])
     workload = load_workload(config["spec"])(wctx)
     db = build_database(workload, wctx)

@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
 
 from resilient_db._errors import ConfigurationError
-from resilient_db.engine._urls import Driver, check_url
+from resilient_db.engine._multihost import install_multihost_connect
+from resilient_db.engine._urls import Driver, check_url, host_list
 
 __all__ = [
     "EngineSettings",
@@ -255,12 +256,10 @@ def create_async_engine(url: str | URL, **options: Any) -> AsyncEngine:
       ``pg_stat_activity``.
     * ``pgbouncer=True`` turns off prepared-statement caches and uses unique statement names,
       as PgBouncer's transaction pooling requires.
-    * Multi-host URLs work with both drivers, in SQLAlchemy's form
-      (``postgresql+asyncpg://user@/db?host=h1:5432&host=h2:5432``) or libpq's comma form
-      (``?host=h1:5432,h2:5432``, or ``?host=h1,h2&port=5432,5433``). Without a
-      ``target_session_attrs`` they get ``read-write``: each new connection tries the hosts
-      in order and keeps the first primary, so after a promotion the pool (pre-ping, and the
-      recycle on a write refused by a standby) finds the new primary with no restart.
+    * Multi-host URLs (``?host=h1:5432&host=h2:5432``, or libpq's ``?host=h1:5432,h2:5432``)
+      get ``target_session_attrs=read-write`` unless they ask otherwise; new connections try
+      the hosts one by one (own connect timeout each, last good host first), so after a
+      promotion the pool finds the new primary with no restart (docs/keys.md).
 
     User ``connect_args`` win over the defaults. ``future=True`` (from 1.4-era examples) is
     accepted and ignored. Unknown options raise :class:`TypeError`; out-of-range values raise
@@ -288,6 +287,8 @@ def create_async_engine(url: str | URL, **options: Any) -> AsyncEngine:
         **options,
     )
     _SETTINGS[engine.sync_engine] = settings
+    if len(host_list(parsed)) > 1:
+        install_multihost_connect(engine)
     return engine
 
 

@@ -9,13 +9,12 @@ ASGI mode...); :mod:`resilient_db.integrations.fastapi` builds on it.
     app = FastAPI(lifespan=database_lifespan("postgresql+asyncpg://app@db/shop"))
     # every request: request.state.database is the Database
 
-    app = ProblemMiddleware(app)   # or app.add_middleware(ProblemMiddleware)
+    app.add_middleware(ProblemMiddleware)   # problem+json for database errors
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 from collections.abc import (
@@ -32,6 +31,7 @@ from typing import Any, Final
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from resilient_db._validate import config_error
 from resilient_db.classify import Classifier
 from resilient_db.engine import create_async_engine
 from resilient_db.integrations._problems import Problem, problem_for
@@ -61,14 +61,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _NOT_READY: Final = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN})
 
 
-async def _close(db: Database) -> None:
-    aclose = getattr(db, "aclose", None)
-    if aclose is not None and inspect.iscoroutinefunction(aclose):
-        await aclose()
-    else:  # a Database without aclose(): the engine is ours, dispose of it
-        await db.engine.dispose()
-
-
 @contextlib.asynccontextmanager
 async def open_database(
     url: str | URL,
@@ -78,7 +70,9 @@ async def open_database(
     **database_options: Any,
 ) -> AsyncIterator[Database]:
     """``async with open_database(url) as db:`` — an engine (:func:`create_async_engine`
-    with ``engine_options``) and a ``Database(engine, **database_options)``, closed on exit.
+    with ``engine_options``) and a ``Database(engine, **database_options)``, closed on exit
+    with ``await db.aclose()`` (background COMMIT resolutions finish, bounded; the engine is
+    disposed of).
 
     ``instrument``: telemetry factories called with the engine, e.g.
     ``[OpenTelemetry, PrometheusMetrics]``; each becomes a listener of the ``Database``,
@@ -101,7 +95,7 @@ async def open_database(
         yield db
     finally:
         try:
-            await _close(db)
+            await db.aclose()  # waits (bounded) for background COMMIT resolutions, disposes
         finally:
             _close_instruments(instruments)
 
@@ -125,13 +119,16 @@ def database_lifespan(
 
     At startup it creates the engine and the ``Database`` (as :func:`open_database`); the
     ``Database`` is shared through the lifespan state as ``request.state.<state_key>``; at
-    shutdown the engine is disposed of. ``instrument`` as for :func:`open_database`.
+    shutdown it is closed (``await db.aclose()``). ``instrument`` as for :func:`open_database`.
     Configuration errors surface at startup, not at the first request.
     """
     if not isinstance(state_key, str) or not state_key.isidentifier():
-        raise TypeError(
-            f"database_lifespan(state_key={state_key!r}) must be a Python identifier, "
-            "e.g. 'database' (it becomes request.state.database)"
+        raise config_error(
+            "database_lifespan",
+            "state_key",
+            state_key,
+            "a Python identifier (it becomes request.state.<state_key>)",
+            "state_key='database' (the default)",
         )
 
     @contextlib.asynccontextmanager
@@ -148,7 +145,10 @@ class ProblemMiddleware:
     """Answers the database errors :func:`problem_for` knows with a problem+json response.
 
     Other exceptions, and errors raised after the response has started, pass through
-    unchanged. Pure ASGI: wraps any ASGI app (``app.add_middleware(ProblemMiddleware)``).
+    unchanged. Pure ASGI. In Starlette and FastAPI add it with
+    ``app.add_middleware(ProblemMiddleware)`` (inside their outermost error middleware, which
+    answers 500 before anything outside it sees the exception), or use
+    :func:`resilient_db.integrations.fastapi.add_exception_handlers` instead.
     """
 
     def __init__(self, app: ASGIApp, *, classifier: Classifier | None = None) -> None:

@@ -57,6 +57,7 @@ from resilient_db._errors import (
     CommitOutcomeUnknown,
     ConfigurationError,
 )
+from resilient_db._validate import check_callable, check_choice, check_text
 from resilient_db.classify import Classifier
 from resilient_db.integrations._problems import PROBLEM_JSON, Problem, problem_for
 from resilient_db.integrations.asgi import (
@@ -132,11 +133,15 @@ def unit_of_work(
     ``Database``'s defaults for this unit. Use it as ``Annotated[AsyncSession,
     unit_of_work()]``.
     """
-    if commit not in ("before_response", "after_response"):
-        raise ConfigurationError(
-            f"unit_of_work(commit={commit!r}) is invalid: must be 'before_response' or "
-            "'after_response'"
-        )
+    check_choice(
+        "unit_of_work",
+        "commit",
+        commit,
+        ("before_response", "after_response"),
+        fix="commit='before_response' (the default) or 'after_response' for read-only requests",
+    )
+    if name is not None:
+        check_text("unit_of_work", "name", name, fix="name='orders.create'")
     options: dict[str, Any] = {
         k: v
         for k, v in (("deadline", deadline), ("read_only", read_only), ("idempotent", idempotent))
@@ -160,8 +165,9 @@ def repository(factory: Callable[[Database], R], *, state_key: str = DEFAULT_STA
     """A dependency building ``factory(database)`` per request — e.g. a repository class
     whose ``@transactional`` methods find ``self.database``. Use it as
     ``Annotated[Accounts, repository(Accounts)]``."""
-    if not callable(factory):
-        raise TypeError(f"repository() needs a callable taking a Database, got {factory!r}")
+    check_callable(
+        "repository", "factory", factory, fix="pass the class, e.g. repository(Accounts)"
+    )
 
     def build(request: Request) -> R:
         return factory(get_database(request, state_key))

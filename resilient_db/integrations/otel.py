@@ -15,8 +15,8 @@ INTERNAL, named after the unit (``Database(name=...)``, ``@transactional``'s qua
 ``server.port``, ``error.type``, ``db.response.status_code`` (the last SQLSTATE) and
 ``resilient_db.*`` attributes: ``attempts``, ``error.kind``, ``error.category``,
 ``breaker.name``, ``breaker.state``, ``commit.outcome``; one ``resilient_db.attempt_failed``
-event per failed attempt. Spans start and end on the library's ``unit.started`` and
-``unit.finished`` events; the per-attempt events need an open unit span.
+event per failed attempt. Spans start and end on the ``unit.started`` and ``unit.finished``
+events of each outermost unit.
 
 **Metrics.** See :data:`resilient_db.integrations._telemetry.METRICS`: unit duration,
 retries, retry delay, breaker state/transitions/rejections/probes, retry-budget tokens and
@@ -37,6 +37,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from resilient_db._validate import check_type
 from resilient_db.integrations._telemetry import (
     METRICS,
     MetricSpec,
@@ -46,7 +47,7 @@ from resilient_db.integrations._telemetry import (
     pool_name,
     transition,
 )
-from resilient_db.policies import BreakerEvent
+from resilient_db.policies import BreakerEvent, CircuitBreaker
 from resilient_db.units import Database, UnitEvent
 
 __all__ = ["SCOPE", "OpenTelemetry"]
@@ -80,15 +81,18 @@ class OpenTelemetry:
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError(
-                f"OpenTelemetry(engine) needs the Database's AsyncEngine, got "
-                f"{type(engine).__name__}"
-            )
+        check_type(
+            "OpenTelemetry",
+            "engine",
+            engine,
+            AsyncEngine,
+            fix="pass the Database's engine: OpenTelemetry(db.engine)",
+        )
         url = engine.url
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
         self._watched = Watched(pool_name=pool_name(engine), engine=engine)
+        self._listening: CircuitBreaker | None = None
         self._base: dict[str, Any] = {
             "db.system.name": "postgresql",
             "db.namespace": url.database or "",
@@ -132,8 +136,10 @@ class OpenTelemetry:
         budget (tokens, refusals)."""
         self._watched.breaker = database.breaker
         self._watched.budget = database.budget
-        if database.breaker is not None:
-            database.breaker.add_listener(self.on_breaker)
+        breaker = database.breaker
+        if breaker is not None and breaker is not self._listening:
+            breaker.add_listener(self.on_breaker)  # once per breaker: no double counting
+            self._listening = breaker
 
     def on_breaker(self, event: BreakerEvent) -> None:
         """Breaker listener: counts the transition."""

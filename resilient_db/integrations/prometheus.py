@@ -33,6 +33,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, m
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from resilient_db._validate import check_type
 from resilient_db.integrations._telemetry import (
     METRICS,
     SECONDS_BUCKETS,
@@ -43,7 +44,7 @@ from resilient_db.integrations._telemetry import (
     pool_name,
     transition,
 )
-from resilient_db.policies import BreakerEvent
+from resilient_db.policies import BreakerEvent, CircuitBreaker
 from resilient_db.units import Database, UnitEvent
 
 __all__ = ["PrometheusMetrics", "metrics_app", "prometheus_name"]
@@ -128,12 +129,15 @@ class PrometheusMetrics:
     """
 
     def __init__(self, engine: AsyncEngine, *, registry: CollectorRegistry = REGISTRY) -> None:
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError(
-                f"PrometheusMetrics(engine) needs the Database's AsyncEngine, got "
-                f"{type(engine).__name__}"
-            )
+        check_type(
+            "PrometheusMetrics",
+            "engine",
+            engine,
+            AsyncEngine,
+            fix="pass the Database's engine: PrometheusMetrics(db.engine)",
+        )
         self._watched = Watched(pool_name=pool_name(engine), engine=engine)
+        self._listening: CircuitBreaker | None = None
         self._shared = _for(registry)
         self._shared.observed.watched.add(self)
 
@@ -141,8 +145,10 @@ class PrometheusMetrics:
         """Report ``database``'s breaker and retry budget too."""
         self._watched.breaker = database.breaker
         self._watched.budget = database.budget
-        if database.breaker is not None:
-            database.breaker.add_listener(self.on_breaker)
+        breaker = database.breaker
+        if breaker is not None and breaker is not self._listening:
+            breaker.add_listener(self.on_breaker)  # once per breaker: no double counting
+            self._listening = breaker
 
     def on_breaker(self, event: BreakerEvent) -> None:
         """Breaker listener: counts the transition."""

@@ -15,6 +15,7 @@ from resilient_db.policies._breaker_store import (
     LocalBreakerStore,
 )
 from resilient_db.policies._budget import DEFAULT_FREE_CATEGORIES, BudgetStatistics, RetryBudget
+from resilient_db.policies._clock import Clock, Sleep, default_clock
 from resilient_db.policies._retry import (
     CategoryBackoff,
     RetryDecision,
@@ -38,6 +39,7 @@ __all__ = [
     "BudgetStatistics",
     "CategoryBackoff",
     "CircuitBreaker",
+    "Clock",
     "DecisionSink",
     "FleetDecision",
     "LocalBreakerStore",
@@ -48,6 +50,8 @@ __all__ = [
     "RetryLoop",
     "RetryPolicy",
     "RetryStatistics",
+    "Sleep",
+    "default_clock",
     "retry_call",
     "set_testing",
 ]

@@ -159,16 +159,7 @@ class PgCluster(ServerDir):
             raise
         try:
             copy_template(bindir, datadir, timeout=timeout)
-            conf = {**BASE_SETTINGS, **(settings or {})}
-            lines = [f"{key} = {value}" for key, value in conf.items()]
-            cluster._append(
-                "postgresql.conf",
-                "\n# resilient_db.testing\n"
-                + "\n".join(lines)
-                + f"\ninclude_if_exists = '{LOCAL_CONF}'\n",
-            )
-            cluster._write("pg_hba.conf", HBA)
-            cluster._write_local_conf()
+            cluster._configure(settings or {})
         except BaseException:
             cluster.destroy()
             raise
@@ -177,6 +168,19 @@ class PgCluster(ServerDir):
             extra={"cluster_port": cluster.port, "cluster_dir": str(root), "role": "primary"},
         )
         return cluster
+
+    def _configure(self, settings: Mapping[str, str]) -> None:
+        """Write the settings (defaults overridden by ``settings``) and the pg_hba.conf."""
+        conf = {**BASE_SETTINGS, **settings}
+        lines = [f"{key} = {value}" for key, value in conf.items()]
+        self._append(
+            "postgresql.conf",
+            "\n# resilient_db.testing\n"
+            + "\n".join(lines)
+            + f"\ninclude_if_exists = '{LOCAL_CONF}'\n",
+        )
+        self._write("pg_hba.conf", HBA)
+        self._write_local_conf()
 
     def create_standby(self, *, port: int | None = None, timeout: float = 60.0) -> PgCluster:
         """Make a streaming standby of this (running) cluster and return it, not started.

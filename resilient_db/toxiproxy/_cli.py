@@ -10,7 +10,8 @@ import signal
 import sys
 from typing import Any
 
-from resilient_db.toxiproxy._server import ToxiproxyServer, is_loopback
+from resilient_db.toxiproxy._server import IDLE_TIMEOUT, ToxiproxyServer, is_loopback
+from resilient_db.toxiproxy._toxics import STRICT_CHECKS
 
 __all__ = ["register"]
 
@@ -38,6 +39,22 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="FILE",
         help="JSON file with a populate array of proxies to create at start",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help=(
+            "answer 400 to likely mistakes the reference accepts: "
+            + "; ".join(STRICT_CHECKS)
+            + " (default: behave as Toxiproxy 2.12)"
+        ),
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"close API connections silent this long (default {IDLE_TIMEOUT:g})",
+    )
     parser.set_defaults(func=run)
 
 
@@ -61,7 +78,13 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        server = ToxiproxyServer(host=args.host, port=args.port, config=args.config)
+        server = ToxiproxyServer(
+            host=args.host,
+            port=args.port,
+            config=args.config,
+            strict=args.strict,
+            idle_timeout=args.idle_timeout,
+        )
     except ValueError as exc:
         print(f"resilient-db toxiproxy: {exc}", file=sys.stderr)
         return 1

@@ -27,28 +27,29 @@ _DIAL_TIMEOUT: Final = 10.0
 
 
 def check_address(text: str, *, what: str, status: int = 400) -> tuple[str, int]:
-    """``host:port`` split, or an :class:`ApiError` naming ``what`` (``status``: 400 or 500)."""
-    try:
-        return _split_address(text, what=what)
-    except ApiError as exc:
-        raise ApiError(status, exc.message) from None
+    """``host:port`` split, or an :class:`ApiError` naming ``what``.
+
+    ``status`` 400 (strict input checks: "bad request body: ...") or 500 (a listen address
+    that cannot be bound, as the reference answers).
+    """
+    problem = _address_problem(text)
+    if problem is None:
+        host, _, port = text.rpartition(":")
+        return (host[1:-1] if host.startswith("[") and host.endswith("]") else host), int(port)
+    if status == 400:
+        raise ApiError(400, f"bad request body: {what} {text!r} {problem}")
+    raise ApiError(status, f"{what}: address {text}: {problem}")
 
 
-def _split_address(text: str, *, what: str) -> tuple[str, int]:
-    host, sep, port_text = text.rpartition(":")
+def _address_problem(text: str) -> str | None:
+    _, sep, port_text = text.rpartition(":")
     if not sep:
-        raise ApiError(400, f"bad request body: {what} {text!r} must be host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ApiError(
-            400, f"bad request body: {what} {text!r} has an invalid port {port_text!r}"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise ApiError(400, f"bad request body: {what} {text!r}: port must be 0..65535")
-    return host, port
+        return "must be host:port"
+    if not port_text.isdigit():
+        return f"has an invalid port {port_text!r}"
+    if not 0 <= int(port_text) <= 65535:
+        return "port must be 0..65535"
+    return None
 
 
 def _format_address(host: str, port: int) -> str:
@@ -193,7 +194,7 @@ class Proxy:
         """Bind the listen address and accept clients (no-op when already enabled)."""
         if self.enabled:
             return
-        host, port = check_address(self.listen, what=f"listen tcp {self.listen}", status=500)
+        host, port = check_address(self.listen, what="listen tcp", status=500)
         try:
             sock = await listen_socket(host, port)
         except OSError as exc:
@@ -274,7 +275,7 @@ class Proxy:
         accepted.writer = writer
         link = Link(self.toxics, reader, writer, self.rng)
         try:
-            host, port = _split_address(self.upstream, what="upstream")
+            host, port = check_address(self.upstream, what="dial tcp", status=502)
             async with asyncio.timeout(_DIAL_TIMEOUT):
                 up_reader, up_writer = await asyncio.open_connection(host, port)
         except (OSError, TimeoutError, ApiError, UnicodeError) as exc:

@@ -1,10 +1,16 @@
-"""One attempt of a unit of work: its options, its state, its errors and its events.
+"""One attempt of a unit of work, ending as a typed :mod:`outcome <resilient_db.units._outcome>`.
 
-An attempt is a fresh ``AsyncSession``: breaker permit → checkout + BEGIN → the caller's
-body → [xid capture] → COMMIT. On failure it classifies the error for its phase, cleans up
-(rolls back, or invalidates a connection that may be broken or mid-query), records the
-outcome in the breaker, and settles a lost COMMIT with the server (``_commit``).
-:class:`~resilient_db.Database` strings attempts together with the retry policy.
+breaker permit → fresh ``AsyncSession``: checkout + BEGIN → the caller's body → [xid
+capture] → COMMIT. On failure it classifies the error for its phase, settles the breaker
+permit, hands the session to a bounded cleanup (a task of its own: the caller waits at most
+until its deadline plus the allowance, and a cancellation propagates at once), and settles a
+lost COMMIT with the server (``_commit``). It reads a :class:`UnitContext`; it never calls
+back into ``Database``.
+
+Cancellation is never swallowed and never retried: the caller's cancellation (or
+``KeyboardInterrupt``) invalidates the connection it interrupted, leaves the breaker alone
+and propagates. Our own deadline firing is the unit's business: during COMMIT it makes the
+outcome in doubt (``CommitOutcomeUnknown`` now, the resolution in the background).
 """
 
 from __future__ import annotations
@@ -12,246 +18,164 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
-import anyio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from resilient_db._errors import CommitOutcomeUnknown, ResilientDBError
+from resilient_db._errors import CircuitOpenError, CommitOutcomeUnknown
 from resilient_db.classify import Classification, ErrorKind, Phase
 from resilient_db.engine import WROTE_KEY, server_in_hot_standby, timeline_supported
-from resilient_db.policies import BreakerPermit, RetryDecision, RetryPolicy
-from resilient_db.units._commit import (
-    CommitOutcome,
-    TxnIdentity,
-    capture_identity,
-    resolve_commit,
-)
+from resilient_db.policies import BreakerPermit, RetryDecision
+from resilient_db.units._commit import CommitOutcome, TxnIdentity, capture_identity
+from resilient_db.units._context import Active, Call, UnitContext, bounded, enter, leave
+from resilient_db.units._options import UnitEvent
+from resilient_db.units._outcome import Committed, Ended, Opened, Outcome, Raise, Retry
 
-if TYPE_CHECKING:
-    from resilient_db.units._database import Database
-
-__all__ = ["DeadlineExceeded", "UnitEvent", "UnitListener", "UnitOptions"]
+__all__ = ["Attempt", "run_attempt"]
 
 logger = logging.getLogger("resilient_db")
 
-_DEFAULT: Any = object()
+T = TypeVar("T")
+
 _READ_ONLY = {"postgresql_readonly": True}
+_BROKEN = frozenset({"connection_lost", "timeout", "server_unavailable", "failover"})
+_NOTHING: Any = object()
+#: How long a cancelled caller waits for the interrupted connection to be dropped (the
+#: drop goes on in the background): cancellation propagates well within 100 ms.
+_CANCEL_WAIT = 0.05
 
 
-class DeadlineExceeded(ResilientDBError, TimeoutError):
-    """A unit of work did not finish within its deadline.
-
-    ``__cause__`` is the last database error if an attempt failed before the deadline.
-    """
-
-    def __init__(self, message: str, *, name: str | None, deadline: float, attempts: int) -> None:
-        self.name = name
-        self.deadline = deadline
-        self.attempts = attempts
-        super().__init__(message)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class UnitOptions:
-    """Per-unit options; ``Database(...)`` holds the defaults, calls may override them.
-
-    * ``deadline``: seconds for the whole unit (every attempt, sleep and checkout wait);
-      ``None`` for none (not recommended).
-    * ``idempotent``: the body may safely run twice; skips commit-outcome resolution (a lost
-      COMMIT is simply retried) and its one round trip.
-    * ``read_only``: BEGIN READ ONLY; never captures an xid.
-    * ``retry``: the :class:`RetryPolicy` (``None``: the database's).
-    * ``name``: for logs and events.
-    """
-
-    deadline: float | None = 30.0
-    idempotent: bool = False
-    read_only: bool = False
-    retry: RetryPolicy | None = None
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.deadline is not None and (
-            isinstance(self.deadline, bool)
-            or not isinstance(self.deadline, int | float)
-            or not math.isfinite(self.deadline)
-            or self.deadline <= 0
-        ):
-            raise ValueError(
-                f"deadline must be a finite number of seconds > 0 (or None), got {self.deadline!r}"
-            )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class UnitEvent:
-    """Something that happened to a unit of work; passed to every :class:`UnitListener`.
-
-    ``event`` is one of the stable names ``unit.attempt_failed``, ``unit.deadline_exceeded``,
-    ``commit.resolved``, ``commit.unknown``, ``retry.scheduled`` (``sleep`` is the backoff
-    about to be slept) and ``retry.gave_up`` (``outcome`` is why: ``attempts``, ``deadline``
-    or ``budget`` — the retry budget is exhausted).
-    """
-
-    event: str
-    name: str | None
-    attempt: int
-    elapsed: float
-    category: str | None = None
-    sqlstate: str | None = None
-    kind: str | None = None
-    xid: int | None = None
-    outcome: str | None = None
-    error_type: str | None = None
-    sleep: float | None = None
-
-
-UnitListener = Callable[[UnitEvent], None]
-
-
-@dataclass(slots=True)
-class _Active:
-    key: object
-    session: AsyncSession
-    task: object
-
-
-_active: contextvars.ContextVar[_Active | None] = contextvars.ContextVar(
-    "resilient_db_active_unit", default=None
-)
-
-
-def _current_task() -> object:
+async def _release(session: AsyncSession, invalidate: bool, timeout: float) -> None:
+    """Return the connection politely within ``timeout``, else (or when asked) terminate it."""
+    if not invalidate:
+        try:
+            async with asyncio.timeout(timeout):
+                await session.close()
+            return
+        except Exception:  # TimeoutError included: a frozen socket
+            logger.debug("unit.close_failed")
     try:
-        return asyncio.current_task()
-    except RuntimeError:  # pragma: no cover - not under asyncio
-        return None
-
-
-def _joinable(key: object) -> _Active | None:
-    active = _active.get()
-    if active is not None and active.key is key and active.task is _current_task():
-        return active
-    return None
-
-
-@dataclass(slots=True)
-class _Call:
-    """Mutable state of one unit call (never shared)."""
-
-    options: UnitOptions
-    started: float
-    scope: anyio.CancelScope | None = None
-    attempts: int = 0
-    last_exc: BaseException | None = None
-    last: Classification | None = None
-    decisions: dict[int, RetryDecision] = field(default_factory=dict)
-
-    def decide(self, exc: BaseException) -> RetryDecision | None:
-        return self.decisions.get(id(exc))
-
-
-async def _invalidate(session: AsyncSession) -> None:
-    """Terminate the session's connection (never returned to the pool politely)."""
-    try:
-        await session.invalidate()
+        async with asyncio.timeout(timeout):
+            await session.invalidate()
     except Exception:  # the connection is gone either way
         logger.debug("unit.invalidate_failed")
 
 
-class _Attempt:
+class Attempt(Generic[T]):
     """One attempt: a fresh session, its breaker permit and the phase it reached."""
 
-    __slots__ = ("call", "conn", "db", "ident", "permit", "phase", "session", "started", "token")
+    __slots__ = (
+        "call",
+        "conn",
+        "ctx",
+        "ident",
+        "permit",
+        "phase",
+        "result",
+        "session",
+        "started",
+        "token",
+        "wrote",
+    )
 
-    def __init__(self, db: Database, call: _Call) -> None:
-        self.db = db
+    def __init__(self, ctx: UnitContext, call: Call) -> None:
+        self.ctx = ctx
         self.call = call
         self.session: AsyncSession | None = None
         self.conn: AsyncConnection | None = None
         self.permit: BreakerPermit | None = None
         self.phase = Phase.CHECKOUT
         self.ident: TxnIdentity | None = None
-        self.token: contextvars.Token[_Active | None] | None = None
+        self.token: contextvars.Token[Active | None] | None = None
         self.started = 0.0
+        self.wrote = False
+        self.result: T = _NOTHING
+
+    # -- the happy path ------------------------------------------------------------------
+
+    async def admit(self) -> CircuitOpenError | None:
+        """A breaker permit, or the rejection (after waiting for a probe if the unit asked)."""
+        ctx, call = self.ctx, self.call
+        call.attempts += 1
+        breaker = ctx.breaker
+        if breaker is None:
+            return None
+        while True:
+            try:
+                self.permit = await breaker.acquire_async()
+                return None
+            except CircuitOpenError as exc:
+                if not call.options.wait_for_breaker:
+                    return exc
+                wait = max(exc.retry_after, 0.01)  # half-open and busy: look again soon
+                if wait >= call.remaining(ctx.clock):
+                    return exc  # the deadline does not outlast the breaker: fail now
+                await ctx.retry.sleep(wait)  # bounded: by the deadline (just checked)
 
     async def begin(self) -> AsyncSession:
-        db = self.db
-        self.call.attempts += 1
-        self.started = time.perf_counter()
-        breaker = db.breaker
-        if breaker is not None:
-            self.permit = await breaker.acquire_async()
-        session = self.session = db._make_session()
-        self.token = _active.set(_Active(db._key, session, _current_task()))
-        try:
-            conn = self.conn = await session.connection(
-                execution_options=_READ_ONLY if self.call.options.read_only else None
-            )
-            conn.sync_connection.info.pop(WROTE_KEY, None)  # type: ignore[union-attr]
-        except BaseException as exc:
-            await self.fail(exc)
-            raise
+        """Check out a connection and BEGIN (raises; the caller hands errors to fail())."""
+        ctx = self.ctx
+        self.started = ctx.clock()
+        session = self.session = ctx.make_session()
+        self.token = enter(ctx.key, session)
+        conn = self.conn = await session.connection(
+            execution_options=_READ_ONLY if self.call.options.read_only else None
+        )
+        conn.sync_connection.info.pop(WROTE_KEY, None)  # type: ignore[union-attr]
         self.phase = Phase.STATEMENT
         return session
 
     async def commit(self) -> None:
-        """Flush, capture the xid if the transaction wrote, COMMIT, record success."""
+        """Flush, capture the xid if the transaction wrote, COMMIT (raises on failure)."""
         session = self.session
         assert session is not None
         options = self.call.options
+        if not options.read_only:
+            sync = session.sync_session
+            if sync.new or sync.deleted or sync.dirty:
+                await session.flush()  # COMMIT would flush anyway; capture after it
+            conn = self.conn
+            assert conn is not None
+            # Read now: after a lost COMMIT the connection may be closed (never touch it).
+            self.wrote = bool(conn.sync_connection.info.get(WROTE_KEY))  # type: ignore[union-attr]
+            if self.wrote and not options.idempotent:
+                self.ident = await capture_identity(
+                    session, with_timeline=timeline_supported(self.ctx.engine)
+                )
+        self.phase = Phase.COMMIT
+        await session.commit()
+
+    async def committed(self) -> Ended[T]:
+        """After COMMIT: breaker success, return the connection; the unit has succeeded, so
+        nothing while closing may turn it into a failure — but a caller's cancellation still
+        propagates (the connection it interrupted is dropped)."""
+        ctx, call = self.ctx, self.call
+        if self.permit is not None:
+            self.permit.success(ctx.clock() - self.started)
+        session, self.session = self.session, None
+        assert session is not None
         try:
-            if not options.read_only:
-                sync = session.sync_session
-                if sync.new or sync.deleted or sync.dirty:
-                    await session.flush()  # COMMIT would flush anyway; capture after it
-                if not options.idempotent and self._wrote():
-                    self.ident = await capture_identity(
-                        session, with_timeline=timeline_supported(self.db.engine)
-                    )
-            self.phase = Phase.COMMIT
-            await session.commit()
+            await session.close()
         except BaseException as exc:
-            await self.fail(exc)  # returns only when the COMMIT was resolved as applied
-        else:
-            if self.permit is not None:
-                self.permit.success(time.perf_counter() - self.started)
-            # After a COMMIT the connection goes back to the pool without I/O: no need for
-            # the shielded, bounded close of the failure path. But the unit has succeeded:
-            # nothing that happens while closing may turn it into a failure.
-            self.session = None
-            try:
-                await session.close()
-            except BaseException as exc:
-                await self._discard(session, exc)
+            logger.info(
+                "unit.close_failed",
+                extra={"unit": call.options.name, "error_type": type(exc).__qualname__},
+            )
+            own = call.own_deadline()
+            await bounded(_release(session, True, ctx.cleanup_timeout), call.cleanup_bound(ctx))
+            if not isinstance(exc, Exception) and not own:
+                return Raise(exc)
         finally:
-            self._leave()
+            self.leave()
+        return Committed(self.result)
 
-    async def _discard(self, session: AsyncSession, exc: BaseException) -> None:
-        """The close after a successful COMMIT failed: drop the connection, keep the result.
-
-        Re-raises only a cancellation that is not our own deadline's (the caller asked to
-        stop; the COMMIT is done, which the caller cannot learn from a cancellation).
-        """
-        logger.info("unit.close_failed", extra={"error_type": type(exc).__qualname__})
-        with anyio.CancelScope(shield=True):
-            await _invalidate(session)
-        scope = self.call.scope
-        if not isinstance(exc, Exception) and not (scope is not None and scope.cancel_called):
-            raise exc
-
-    def _wrote(self) -> bool:
-        conn = self.conn
-        return conn is not None and bool(conn.sync_connection.info.get(WROTE_KEY))  # type: ignore[union-attr]
-
-    def _leave(self) -> None:
+    def leave(self) -> None:
         if self.token is not None:
-            _active.reset(self.token)
+            leave(self.token)
             self.token = None
+
+    # -- failure ---------------------------------------------------------------------------
 
     def _in_recovery(self) -> bool | None:
         """Context for a 25006 (read-only transaction): was the server a standby?
@@ -271,133 +195,226 @@ class _Attempt:
             return True
         return False if self.call.options.read_only else None
 
-    async def fail(self, exc: BaseException) -> None:
-        """Classify ``exc``, clean up, record it; re-raise unless a lost COMMIT applied."""
-        db, call = self.db, self.call
-        own_timeout = call.scope is not None and call.scope.cancel_called
-        cls = db.classifier.classify(
-            exc, phase=self.phase, in_recovery=self._in_recovery(), own_timeout=own_timeout
+    async def fail(self, exc: BaseException) -> Ended[T]:
+        """Classify ``exc``, settle the permit, clean up; the attempt's outcome."""
+        ctx, call = self.ctx, self.call
+        own = call.own_deadline()
+        cancelled = not isinstance(exc, Exception) and not own
+        in_recovery = self._in_recovery() if isinstance(exc, Exception) else None
+        cls = ctx.classifier.classify(
+            exc, phase=self.phase, in_recovery=in_recovery, own_timeout=own
         )
         call.last_exc, call.last = exc, cls
+        self.leave()
+        self._settle_permit(exc, cls, own=own, cancelled=cancelled)
+        self._emit("unit.attempt_failed", cls, exc)
+        if cancelled:
+            if self.phase is Phase.COMMIT:
+                # The caller stopped waiting; the outcome is settled in the background.
+                self._emit("commit.unknown", cls, exc, outcome="cancelled")
+                self._resolve_later(cls, exc)
+            await self._cleanup(invalidate=True, bound=_CANCEL_WAIT)
+            return Raise(exc)
         broken = (
             not isinstance(exc, Exception)
             or cls.invalidate_pool
             or cls.kind is ErrorKind.COMMIT_UNKNOWN
-            or cls.category in ("connection_lost", "timeout", "server_unavailable", "failover")
+            or cls.category in _BROKEN
         )
-        await self._close(invalidate=broken)
-        self._leave()
-        elapsed = time.perf_counter() - self.started
+        try:
+            await self._cleanup(invalidate=broken)
+        except BaseException:
+            if not call.own_deadline():
+                raise  # the caller cancelled meanwhile: propagate at once
+            own = True  # our deadline fired while cleaning up
+        if own and cls.kind is ErrorKind.COMMIT_UNKNOWN:
+            return self._in_doubt(cls, exc, "deadline")
+        if own and not isinstance(exc, Exception):
+            return Raise(exc)  # the runner turns our deadline into DeadlineExceeded
+        if cls.kind is ErrorKind.COMMIT_UNKNOWN:
+            return await self._resolve(cls, exc)
+        if cls.retryable:
+            assert isinstance(exc, Exception)
+            return Retry(exc, RetryDecision(category=cls.category, retry_after=cls.retry_after))
+        return Raise(exc)
+
+    def _settle_permit(
+        self, exc: BaseException, cls: Classification, *, own: bool, cancelled: bool
+    ) -> None:
         permit = self.permit
-        if not isinstance(exc, Exception) and not own_timeout:
-            # Cancellation is not a failure. A COMMIT it interrupted has an unknown outcome.
-            if permit is not None:
+        if permit is None:
+            return
+        self.permit = None
+        if cancelled:
+            permit.ignore()  # the caller's decision says nothing about the database
+        elif own:
+            # Our deadline expiring in the library's own I/O (checkout, COMMIT) counts: a
+            # database that does not answer in time is as unavailable as one that refuses.
+            # In the caller's statements it may be the caller's slow query: not counted.
+            if self.phase is Phase.STATEMENT:
                 permit.ignore()
-            if self.phase is Phase.COMMIT:
-                db._emit("commit.unknown", call, cls, xid=self._xid(), outcome="cancelled")
-            return self._reraise(exc)
-        if permit is not None:
-            if (own_timeout and not isinstance(exc, Exception)) or (
-                cls.counts_toward_breaker
-                and (self.phase is Phase.CHECKOUT or cls.category != "connection_lost")
-            ):
-                # Our own deadline expiring mid-attempt counts: a database that does not
-                # answer in time (a black-holed network) is as unavailable as one that
-                # refuses, and only failures can open the breaker.
-                permit.failure()
             else:
-                # A connection lost after checkout says little about the database (one
-                # backend killed, one idle timeout): if the server is really down, the next
-                # attempt's checkout fails and counts.
-                permit.ignore()
-        db._emit("unit.attempt_failed", call, cls, elapsed=elapsed)
-        if cls.kind is ErrorKind.COMMIT_UNKNOWN or (own_timeout and self.phase is Phase.COMMIT):
-            if await self._resolve(exc, cls, own_timeout):
-                return None  # the server committed: the unit succeeded
-        elif cls.retryable and not own_timeout:
-            call.decisions[id(exc)] = RetryDecision(
-                category=cls.category, retry_after=cls.retry_after
-            )
-        return self._reraise(exc)
+                permit.failure(self.ctx.clock() - self.started)
+        elif cls.counts_toward_breaker and (
+            self.phase is Phase.CHECKOUT or cls.category != "connection_lost"
+        ):
+            permit.failure(self.ctx.clock() - self.started)
+        else:
+            # A connection lost after checkout says little about the database (one backend
+            # killed, one idle timeout): if the server is really down, the next attempt's
+            # checkout fails and counts.
+            permit.ignore()
 
-    def _xid(self) -> int | None:
-        return self.ident.xid if self.ident is not None else None
+    async def _cleanup(self, *, invalidate: bool, bound: float | None = None) -> None:
+        session, self.session = self.session, None
+        if session is None:
+            return
+        ctx = self.ctx
+        wait = self.call.cleanup_bound(ctx)
+        if bound is not None:
+            wait = min(wait, bound)
+        await bounded(_release(session, invalidate, ctx.cleanup_timeout), wait)
 
-    @staticmethod
-    def _reraise(exc: BaseException) -> None:
-        raise exc
+    # -- a lost COMMIT ---------------------------------------------------------------------
 
-    async def _resolve(self, exc: BaseException, cls: Classification, own_timeout: bool) -> bool:
-        """Settle a lost COMMIT. True: it was applied; False: it was not (retryable)."""
-        db, call = self.db, self.call
+    async def _resolve(self, cls: Classification, exc: BaseException) -> Ended[T]:
+        """The connection died during COMMIT: committed, safe to retry, or in doubt."""
+        ctx, call = self.ctx, self.call
         ident = self.ident
         if ident is None:
-            if call.options.idempotent or call.options.read_only or not self._wrote():
-                # Nothing to lose by running it again.
-                if not own_timeout:
-                    call.decisions[id(exc)] = RetryDecision(category=cls.category)
-                return False
-            db._emit("commit.unknown", call, cls, outcome="no_xid")
-            raise CommitOutcomeUnknown(
-                f"the connection was lost during COMMIT of unit {call.options.name!r} and its "
-                "transaction id was not captured, so its outcome is unknown; make the unit "
-                "idempotent or check the data",
-                xid=None,
-                attempts=call.attempts,
-            ) from exc
-        # Resolve within what is left of the unit's deadline. When little or nothing is left
-        # (the deadline fired during COMMIT), resolve shielded for resolve_timeout: the
-        # cancellation allowance. Either way it is bounded, and a deadline never turns a
-        # COMMIT in doubt into a plain failure.
-        remaining = math.inf
-        if call.options.deadline is not None:
-            remaining = call.started + call.options.deadline - time.monotonic()
-        shield = own_timeout or remaining < db.resolve_timeout
-        timeout = db.resolve_timeout if shield else min(remaining - 0.005, 30.0)
+            if call.options.idempotent or call.options.read_only or not self.wrote:
+                assert isinstance(exc, Exception)
+                return Retry(exc, RetryDecision(category=cls.category))  # nothing to lose
+            return self._in_doubt(cls, exc, "no_xid")
+        task = self._resolve_later(cls, exc)
+        assert task is not None
+        outcome: CommitOutcome | None = None
         try:
-            with anyio.CancelScope(shield=shield):
-                outcome = await resolve_commit(db.engine, ident, timeout=timeout)
+            done, _ = await asyncio.wait((task,), timeout=max(0.0, call.remaining(ctx.clock)))
+            if done:
+                outcome = task.result()
         except BaseException:
-            if call.scope is not None and call.scope.cancel_called:
-                outcome = CommitOutcome.UNKNOWN  # our deadline cut the resolution short
-            else:
-                raise  # the caller cancelled: propagate at once
-        db._emit("commit.resolved", call, cls, xid=ident.xid, outcome=outcome.value)
+            if not call.own_deadline():
+                raise  # the caller cancelled: propagate at once (resolution goes on)
+            outcome = None  # our deadline: in doubt now, settled in the background
         if outcome is CommitOutcome.COMMITTED:
-            return True
+            return Committed(self.result)
         if outcome is CommitOutcome.ABORTED:
             exc.add_note(
                 f"resilient_db: the connection was lost during COMMIT; the server rolled the "
                 f"transaction back (pg_xact_status({ident.xid}) = aborted), so it is safe to "
                 "run again"
             )
-            if not own_timeout:
-                call.decisions[id(exc)] = RetryDecision(category=cls.category)
-            return False
-        db._emit("commit.unknown", call, cls, xid=ident.xid, outcome="unknown")
-        raise CommitOutcomeUnknown(
-            f"the connection was lost during COMMIT of unit {call.options.name!r} (xid "
-            f"{ident.xid}) and the server could not say whether it committed; query "
-            f"pg_xact_status('{ident.xid}') later or check the data before retrying",
-            xid=ident.xid,
-            attempts=call.attempts,
-            timeline=ident.timeline,
-        ) from exc
+            assert isinstance(exc, Exception)
+            return Retry(exc, RetryDecision(category=cls.category))
+        return self._in_doubt(cls, exc, "unknown" if outcome is not None else "pending")
 
-    async def _close(self, *, invalidate: bool = False) -> None:
-        """Return the connection politely, or invalidate (terminate) it; always bounded."""
-        session = self.session
-        if session is None:
-            return
-        self.session = None
-        with anyio.CancelScope(shield=True):
-            if not invalidate:
-                with anyio.move_on_after(self.db.cleanup_timeout) as scope:
-                    try:
-                        await session.close()
-                        return
-                    except Exception:
-                        pass
-                if not scope.cancelled_caught:
-                    logger.debug("unit.close_failed")
-            await _invalidate(session)
+    def _resolve_later(
+        self, cls: Classification, exc: BaseException
+    ) -> asyncio.Task[CommitOutcome] | None:
+        """Start (or join) the background resolution of this attempt's COMMIT."""
+        ident = self.ident
+        if ident is None:
+            return None
+        ctx, call = self.ctx, self.call
+        left = call.remaining(ctx.clock)
+        timeout = (min(left, 30.0) if left > 0 else 0.0) + ctx.resolve_timeout
+
+        def report(outcome: CommitOutcome) -> None:
+            self._emit("commit.resolved", cls, exc, outcome=outcome.value)
+
+        return ctx.resolutions.start(ident, timeout=timeout, report=report)
+
+    def _in_doubt(self, cls: Classification, exc: BaseException, why: str) -> Ended[T]:
+        call = self.call
+        ident = self.ident
+        nothing_written = call.options.idempotent or call.options.read_only or not self.wrote
+        if ident is None and why == "deadline" and nothing_written:
+            # Nothing in doubt: the deadline simply ended the unit.
+            if isinstance(exc, Exception):
+                return Retry(exc, RetryDecision(category=cls.category))  # stops: deadline
+            return Raise(exc)
+        if why == "deadline":
+            self._resolve_later(cls, exc)
+        self._emit("commit.unknown", cls, exc, outcome=why)
+        name = call.options.name
+        if ident is None:
+            message = (
+                f"the connection was lost during COMMIT of unit {name!r} and its transaction "
+                "id was not captured, so its outcome is unknown; make the unit idempotent or "
+                "check the data"
+            )
+        else:
+            message = (
+                f"the COMMIT of unit {name!r} (xid {ident.xid}) "
+                + (
+                    "was still unanswered at the unit's deadline"
+                    if why in ("deadline", "pending")
+                    else "was lost and the server could not say whether it committed"
+                )
+                + f"; its resolution goes on in the background: await "
+                f"db.commit_status({ident.xid}) (or listen for commit.resolved) before "
+                "retrying, or check the data"
+            )
+        err = CommitOutcomeUnknown(
+            message,
+            xid=ident.xid if ident is not None else None,
+            attempts=call.attempts,
+            timeline=ident.timeline if ident is not None else None,
+        )
+        err.__cause__ = exc if isinstance(exc, Exception) else None
+        return Raise(err)
+
+    def _emit(
+        self,
+        event: str,
+        cls: Classification | None,
+        exc: BaseException | None,
+        *,
+        outcome: str | None = None,
+    ) -> None:
+        ctx, call = self.ctx, self.call
+        ctx.reporter.emit(
+            UnitEvent(
+                event=event,
+                name=call.options.name,
+                attempt=call.attempts,
+                elapsed=ctx.clock() - call.started,
+                category=cls.category if cls is not None else None,
+                sqlstate=cls.sqlstate if cls is not None else None,
+                kind=cls.kind.value if cls is not None else None,
+                xid=self.ident.xid if self.ident is not None else None,
+                outcome=outcome,
+                error_type=type(exc).__qualname__ if exc is not None else None,
+            )
+        )
+
+
+async def run_attempt(
+    ctx: UnitContext, call: Call, body: Callable[[AsyncSession], Awaitable[T]]
+) -> Ended[T]:
+    """One whole attempt of the function form (``db.run``, ``@transactional``)."""
+    a: Attempt[T] = Attempt(ctx, call)
+    rejected = await a.admit()
+    if rejected is not None:
+        return Raise(rejected)
+    try:
+        session = await a.begin()
+        a.result = await body(session)
+        await a.commit()
+    except BaseException as exc:
+        return await a.fail(exc)
+    return await a.committed()
+
+
+async def open_attempt(ctx: UnitContext, call: Call) -> Outcome[Attempt[Any]]:
+    """The block forms' first step: a permit, a connection and BEGIN."""
+    a: Attempt[Any] = Attempt(ctx, call)
+    rejected = await a.admit()
+    if rejected is not None:
+        return Raise(rejected)
+    try:
+        await a.begin()
+    except BaseException as exc:
+        return await a.fail(exc)
+    return Opened(a)

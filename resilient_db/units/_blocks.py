@@ -1,126 +1,86 @@
 """The block forms of a unit of work: ``db.transaction()`` and ``db.attempts()``.
 
-Their body is the caller's ``async with`` block, so the unit's deadline scope is entered in
-``__aenter__`` and left in ``__aexit__`` by hand (:class:`_ScopedAttempt`).
+Their body is the caller's ``async with`` block, so the unit's deadline (one timer
+handle) is armed in ``__aenter__`` and disarmed in ``__aexit__``.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Any
 
-import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resilient_db.policies import RetryDecision, RetryLoop, RetryPolicy
-from resilient_db.units._attempt import (
-    DeadlineExceeded,
-    UnitOptions,
-    _Active,
-    _Attempt,
-    _Call,
-    _joinable,
-)
-
-if TYPE_CHECKING:
-    from resilient_db.units._database import Database
+from resilient_db.policies import RetryLoop
+from resilient_db.units._attempt import Attempt
+from resilient_db.units._context import Active, Call, UnitContext, joinable
+from resilient_db.units._options import DeadlineExceeded, UnitOptions
+from resilient_db.units._outcome import Committed, Ended, Retry
+from resilient_db.units._runner import deadline_error, finished, open_unit, started
 
 __all__ = ["AttemptBlock", "Attempts", "Transaction"]
 
 
-class _ScopedAttempt:
-    """One attempt under the unit's deadline scope, opened and closed by hand: the shared
-    core of :class:`Transaction` and :class:`AttemptBlock` (context managers whose body is
-    the caller's block, so the scope is entered in ``__aenter__`` and left in
-    ``__aexit__``)."""
-
-    __slots__ = ("attempt", "call", "db", "scope")
-
-    def __init__(self, db: Database, call: _Call) -> None:
-        self.db = db
-        self.call = call
-        self.attempt: _Attempt | None = None
-        self.scope: anyio.CancelScope | None = None
-
-    async def open(self, policy: RetryPolicy) -> AsyncSession:
-        """Enter the deadline scope; get a healthy connection and BEGIN (retried)."""
-        db, call = self.db, self.call
-        deadline_at = None
-        deadline = call.options.deadline
-        if deadline is not None:
-            left = deadline - (time.monotonic() - call.started)
-            scope = self.scope = anyio.CancelScope(deadline=anyio.current_time() + left)
-            scope.__enter__()
-            call.scope = scope
-            deadline_at = policy.clock() + left
-
-        async def begin() -> _Attempt:
-            a = _Attempt(db, call)
-            await a.begin()
-            return a
-
+async def _settle(attempt: Attempt[Any], exc: BaseException | None) -> Ended[Any]:
+    """The end of a block: COMMIT (``exc`` is None) or fail the attempt with ``exc``."""
+    if exc is None:
         try:
-            # Getting a healthy connection and BEGIN is retried here; never the block.
-            self.attempt = await db._retry(begin, call, policy, deadline_at)
-        except BaseException as exc:
-            self.exit_scope(exc)
-            raise
-        assert self.attempt.session is not None
-        return self.attempt.session
-
-    async def close(self, exc: BaseException | None) -> BaseException | None:
-        """Commit (``exc`` is None) or fail the attempt; leave the scope.
-
-        Returns the error the block ends with (``exc`` itself, a new one, or None), or
-        raises :class:`DeadlineExceeded` when the deadline ended it.
-        """
-        a = self.attempt
-        assert a is not None
-        error: BaseException | None = exc
-        try:
-            if exc is None:
-                await a.commit()
-            else:
-                try:
-                    await a.fail(exc)
-                finally:
-                    a._leave()
+            await attempt.commit()
         except BaseException as err:
-            error = err
-        self.exit_scope(error)
-        return error
+            return await attempt.fail(err)
+        return await attempt.committed()
+    return await attempt.fail(exc)
 
-    def exit_scope(self, exc: BaseException | None) -> None:
-        scope, self.scope = self.scope, None
-        if scope is None:
-            return
-        caught = scope.__exit__(
-            type(exc) if exc is not None else None, exc, exc.__traceback__ if exc else None
-        )
-        if caught or (scope.cancelled_caught and exc is None):
-            raise self.db._deadline_error(self.call) from None
+
+async def _enter(ctx: UnitContext, call: Call) -> Attempt[Any]:
+    """Arm the deadline for what is left of it, then open an attempt (retried)."""
+    call.arm(ctx.clock)
+    try:
+        return await open_unit(ctx, call)
+    except BaseException as exc:
+        _leave(ctx, call, exc)
+        raise
+
+
+def _leave(ctx: UnitContext, call: Call, error: BaseException | None) -> None:
+    """Leave the deadline: raises :class:`DeadlineExceeded` when it ended the block."""
+    ours = isinstance(error, asyncio.CancelledError) and call.own_deadline()
+    call.disarm()
+    if ours:
+        raise deadline_error(ctx, call)
 
 
 class Transaction:
     """The async context manager returned by :meth:`Database.transaction`."""
 
-    __slots__ = ("_db", "_joined", "_options", "_scoped")
+    __slots__ = ("_attempt", "_call", "_ctx", "_joined", "_options")
 
-    def __init__(self, db: Database, options: UnitOptions) -> None:
-        self._db = db
+    def __init__(self, ctx: UnitContext, options: UnitOptions) -> None:
+        self._ctx = ctx
         self._options = options
-        self._joined: _Active | None = None
-        self._scoped: _ScopedAttempt | None = None
+        self._joined: Active | None = None
+        self._call: Call | None = None
+        self._attempt: Attempt[Any] | None = None
 
     async def __aenter__(self) -> AsyncSession:
-        db, options = self._db, self._options
-        joined = _joinable(db._key)
+        ctx = self._ctx
+        joined = joinable(ctx.key)
         if joined is not None:
             self._joined = joined
             return joined.session
-        scoped = self._scoped = _ScopedAttempt(db, _Call(options=options, started=time.monotonic()))
-        return await scoped.open(options.retry or db.retry)
+        call = self._call = Call(self._options, ctx.clock())
+        observed = bool(ctx.reporter.listeners)
+        if observed:
+            started(ctx, call)
+        try:
+            self._attempt = await _enter(ctx, call)
+        except BaseException as exc:
+            if observed:
+                finished(ctx, call, exc)
+            raise
+        assert self._attempt.session is not None
+        return self._attempt.session
 
     async def __aexit__(
         self,
@@ -130,8 +90,19 @@ class Transaction:
     ) -> None:
         if self._joined is not None:
             return
-        assert self._scoped is not None
-        error = await self._scoped.close(exc)
+        assert self._attempt is not None
+        assert self._call is not None
+        outcome = await _settle(self._attempt, exc)
+        # The body is never retried here: a retryable error ends the block like any other.
+        error = None if isinstance(outcome, Committed) else outcome.error
+        try:
+            _leave(self._ctx, self._call, error)
+        except BaseException as late:
+            error = late
+            raise
+        finally:
+            if self._ctx.reporter.listeners:
+                finished(self._ctx, self._call, error)
         if error is not None and error is not exc:
             raise error
         # None: committed; ``exc``: the original propagates unchanged
@@ -140,17 +111,16 @@ class Transaction:
 class Attempts:
     """The async iterator returned by :meth:`Database.attempts`."""
 
-    __slots__ = ("_call", "_db", "_done", "_failed", "_joined", "_loop", "_options", "_policy")
+    __slots__ = ("_call", "_ctx", "_done", "_joined", "_loop", "_options", "_pending")
 
-    def __init__(self, db: Database, options: UnitOptions) -> None:
-        self._db = db
+    def __init__(self, ctx: UnitContext, options: UnitOptions) -> None:
+        self._ctx = ctx
         self._options = options
-        self._policy = options.retry or db.retry
-        self._call = _Call(options=options, started=time.monotonic())
+        self._call = Call(options, ctx.clock())
         self._loop: RetryLoop | None = None
-        self._failed: Exception | None = None
+        self._pending: Retry | None = None
         self._done = False
-        self._joined = _joinable(db._key)
+        self._joined = joinable(ctx.key)
 
     def __aiter__(self) -> Attempts:
         return self
@@ -158,70 +128,71 @@ class Attempts:
     async def __anext__(self) -> AttemptBlock:
         if self._done:
             raise StopAsyncIteration
-        exc = self._failed
-        if exc is not None:
-            self._failed = None
+        pending, self._pending = self._pending, None
+        if pending is not None:
             loop = self._loop
             if loop is None:
+                ctx, call = self._ctx, self._call
                 loop = self._loop = RetryLoop(
-                    exc,
-                    self._call.decide(exc) or RetryDecision(),
-                    policy=self._policy,
-                    budget=self._db.budget,
-                    deadline_at=self._deadline_at(),
-                    hooks=self._db._hooks(self._call),
+                    pending.error,
+                    pending.decision,
+                    policy=self._options.retry or ctx.retry,
+                    budget=ctx.budget,
+                    deadline_at=call.deadline_at,
+                    hooks=ctx.reporter.hooks(),
                     name=self._options.name,
+                    start=call.started,
+                    clock=ctx.clock,
                 )
             else:
-                loop.failed(exc, self._call.decide(exc) or RetryDecision())
-            await loop.backoff()  # re-raises the last error when the policy stops
+                loop.failed(pending.error, pending.decision)
+            try:
+                await loop.backoff()  # re-raises the last error when the policy stops
+            except BaseException:
+                self._done = True
+                raise
         return AttemptBlock(self)
 
-    def _deadline_at(self) -> float | None:
-        deadline = self._options.deadline
-        if deadline is None:
-            return None
-        return self._policy.clock() + deadline - (time.monotonic() - self._call.started)
-
-    def _settle(self, exc: BaseException | None) -> bool:
-        """After a block: True to swallow ``exc`` and run another attempt."""
-        if exc is None:
-            self._done = True
-            if self._loop is not None:
-                self._loop.succeeded()
-            elif self._db.budget is not None:
-                self._db.budget.deposit()
-            return False
-        if isinstance(exc, Exception) and self._call.decide(exc) is not None:
-            self._failed = exc
+    def _settle(self, outcome: Ended[Any]) -> bool:
+        """After a block: True to swallow its error and run another attempt."""
+        if isinstance(outcome, Retry):
+            self._pending = outcome
             return True
         self._done = True
-        if self._loop is not None:
-            if isinstance(exc, Exception):
-                self._loop.not_retryable(exc)
+        loop = self._loop
+        if isinstance(outcome, Committed):
+            if loop is not None:
+                loop.succeeded()
+            return False
+        if loop is not None:
+            error = outcome.error
+            if isinstance(error, Exception):
+                loop.not_retryable(error)
             else:
-                self._loop.cancelled()
+                loop.cancelled()
         return False
 
 
 class AttemptBlock:
     """One attempt of :meth:`Database.attempts`: ``async with attempt as session``."""
 
-    __slots__ = ("_attempts", "_scoped")
+    __slots__ = ("_attempt", "_attempts")
 
     def __init__(self, attempts: Attempts) -> None:
         self._attempts = attempts
-        self._scoped = _ScopedAttempt(attempts._db, attempts._call)
+        self._attempt: Attempt[Any] | None = None
 
     async def __aenter__(self) -> AsyncSession:
         outer = self._attempts
         if outer._joined is not None:
             return outer._joined.session
         try:
-            return await self._scoped.open(outer._policy)
+            self._attempt = await _enter(outer._ctx, outer._call)
         except BaseException:
             outer._done = True
             raise
+        assert self._attempt.session is not None
+        return self._attempt.session
 
     async def __aexit__(
         self,
@@ -233,12 +204,15 @@ class AttemptBlock:
         if outer._joined is not None:
             outer._done = True
             return False
+        assert self._attempt is not None
+        outcome = await _settle(self._attempt, exc)
+        error = None if isinstance(outcome, Committed) else outcome.error
         try:
-            error = await self._scoped.close(exc)
+            _leave(outer._ctx, outer._call, error)
         except DeadlineExceeded:
             outer._done = True
             raise
-        if outer._settle(error):
+        if outer._settle(outcome):
             return True  # retryable: swallowed, the loop runs another attempt
         if error is None or error is exc:
             return False  # committed, or the original propagates unchanged

@@ -9,17 +9,24 @@ and ask again; ``NULL``/error → unknown (e.g. the xid was lost in a failover).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
-import anyio
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from resilient_db.classify import default_classifier
+from resilient_db.policies import RetryPolicy
 
 __all__ = [
     "CommitOutcome",
+    "CommitResolutions",
     "TxnIdentity",
     "capture_identity",
     "resolve_commit",
@@ -80,13 +87,30 @@ async def capture_identity(
     return TxnIdentity(xid=int(row[0]), backend_pid=int(row[1]), timeline=row[2])
 
 
+@asynccontextmanager
+async def _fresh(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection whose release stays cancellable (``async with engine.connect()`` would
+    shield its close, which a frozen socket can hold forever); invalidated on any error."""
+    conn = await engine.connect()
+    try:
+        yield conn
+        await conn.rollback()
+    except BaseException:
+        try:
+            await conn.invalidate()
+        except Exception:
+            logger.debug("commit.invalidate_failed")
+        raise
+    finally:
+        await conn.close()
+
+
 async def _status(engine: AsyncEngine, ident: TxnIdentity) -> str | None:
     """``pg_xact_status`` of ``ident``; ``"other timeline"`` when the server's history is not
     the one the xid was assigned in, ``"in recovery"`` on a standby (not authoritative)."""
-    async with engine.connect() as conn:
+    async with _fresh(engine) as conn:
         query = _STATUS if ident.timeline is not None else _STATUS_NO_TIMELINE
         row: Any = (await conn.execute(query, {"xid": str(ident.xid)})).one()
-        await conn.rollback()
     value, timeline = row
     if timeline is None:
         return "in recovery"
@@ -96,19 +120,21 @@ async def _status(engine: AsyncEngine, ident: TxnIdentity) -> str | None:
 
 
 async def _terminate(engine: AsyncEngine, ident: TxnIdentity) -> None:
-    async with engine.connect() as conn:
+    async with _fresh(engine) as conn:
         await conn.execute(_TERMINATE, {"pid": ident.backend_pid, "xid32": ident.xid & 0xFFFFFFFF})
-        await conn.rollback()
 
 
 def _transient(exc: BaseException) -> bool:
-    from resilient_db.classify import default_classifier
-
     return default_classifier().classify(exc).retryable
 
 
+#: The resolution's own polling: the retry policy's backoff, without jitter (50 ms doubling
+#: to 0.5 s), so a server that is coming back is asked promptly and a dead one gently.
+_POLL: Final = RetryPolicy(initial=0.05, multiplier=2.0, max_backoff=0.5, jitter="none")
+
+
 async def resolve_commit(
-    engine: AsyncEngine, ident: TxnIdentity, *, timeout: float, poll: float = 0.05
+    engine: AsyncEngine, ident: TxnIdentity, *, timeout: float
 ) -> CommitOutcome:
     """Ask the server what became of ``ident``; at most ``timeout`` seconds.
 
@@ -116,54 +142,121 @@ async def resolve_commit(
     database errors: they make the outcome ``UNKNOWN``.
     """
     outcome = CommitOutcome.UNKNOWN
+    try:
+        async with asyncio.timeout(max(timeout, 0.0)):
+            outcome = await _poll(engine, ident)
+    except TimeoutError:
+        pass
+    return outcome
+
+
+async def _poll(engine: AsyncEngine, ident: TxnIdentity) -> CommitOutcome:
     terminated = False
-    wait = poll
-    with anyio.move_on_after(max(timeout, 0.0)):
-        while True:
-            try:
-                status = await _status(engine, ident)
-            except Exception as exc:
-                if _transient(exc):  # the server is not reachable yet: keep asking
-                    logger.info(
-                        "commit.resolve_retry",
-                        extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
-                    )
-                    await anyio.sleep(wait)  # poll with a deadline (the enclosing scope)
-                    wait = min(wait * 2, 0.5)
-                    continue
+    polls = 0
+    while True:
+        polls += 1
+        try:
+            status = await _status(engine, ident)
+        except Exception as exc:
+            if not _transient(exc):
                 logger.warning(
                     "commit.resolve_failed",
                     extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
                 )
-                break  # the server answered but cannot tell (e.g. xid from another timeline)
-            if status == "committed":
-                outcome = CommitOutcome.COMMITTED
-                break
-            if status == "aborted":
-                outcome = CommitOutcome.ABORTED
-                break
-            if status == "in recovery":
-                await anyio.sleep(wait)  # a standby: wait (bounded) for a primary to answer
-                wait = min(wait * 2, 0.5)
-                continue
-            if status == "other timeline":
-                logger.warning("commit.timeline_changed", extra={"xid": ident.xid})
-                break  # a failover: this xid number may name another transaction here
-            if status != "in progress":
-                break  # NULL: too old or unknown here
+                return CommitOutcome.UNKNOWN
+            logger.info(
+                "commit.resolve_retry",
+                extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
+            )
+            status = "unreachable"
+        if status == "committed":
+            return CommitOutcome.COMMITTED
+        if status == "aborted":
+            return CommitOutcome.ABORTED
+        if status == "other timeline":
+            logger.warning(
+                "commit.timeline_changed",
+                extra={"xid": ident.xid},
+            )
+            return CommitOutcome.UNKNOWN  # a failover: the number may name another transaction
+        if status not in ("in progress", "in recovery", "unreachable"):
+            return CommitOutcome.UNKNOWN  # NULL: too old or unknown here
+        if status == "in progress" and not terminated:
             # The old backend still holds the transaction open behind a dead socket.
-            if not terminated:
-                try:
-                    await _terminate(engine, ident)
-                except Exception as exc:
-                    logger.info(
-                        "commit.terminate_failed",
-                        extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
-                    )
-                else:
-                    terminated = True
-            await anyio.sleep(poll)  # poll with a deadline (the enclosing scope)
-    return outcome
+            try:
+                await _terminate(engine, ident)
+            except Exception as exc:
+                logger.info(
+                    "commit.terminate_failed",
+                    extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
+                )
+            else:
+                terminated = True
+        await asyncio.sleep(_POLL.backoff(polls))  # bounded poll: the caller's timeout
+
+
+class CommitResolutions:
+    """Background resolutions of lost COMMITs for one engine, and their outcomes.
+
+    A unit whose COMMIT is in doubt at its deadline raises ``CommitOutcomeUnknown`` at once;
+    its resolution goes on here (bounded by its own timeout), reports ``commit.resolved``
+    through ``report`` and stays answerable through :meth:`lookup` (the last ``keep``).
+    """
+
+    __slots__ = ("_done", "_engine", "_keep", "_running")
+
+    def __init__(self, engine: AsyncEngine, *, keep: int = 1024) -> None:
+        self._engine = engine
+        self._keep = keep
+        self._running: dict[int, asyncio.Task[CommitOutcome]] = {}
+        self._done: OrderedDict[int, tuple[str | None, CommitOutcome]] = OrderedDict()
+
+    def start(
+        self,
+        ident: TxnIdentity,
+        *,
+        timeout: float,
+        report: Callable[[CommitOutcome], None],
+    ) -> asyncio.Task[CommitOutcome]:
+        """Resolve ``ident`` in a task of its own (joins one already running for it)."""
+        task = self._running.get(ident.xid)
+        if task is None:
+            task = asyncio.ensure_future(self._resolve(ident, timeout, report))
+            self._running[ident.xid] = task
+        return task
+
+    async def _resolve(
+        self, ident: TxnIdentity, timeout: float, report: Callable[[CommitOutcome], None]
+    ) -> CommitOutcome:
+        try:
+            outcome = await resolve_commit(self._engine, ident, timeout=timeout)
+        finally:
+            self._running.pop(ident.xid, None)
+        self._done[ident.xid] = (ident.timeline, outcome)
+        while len(self._done) > self._keep:
+            self._done.popitem(last=False)
+        try:
+            report(outcome)  # before the task completes: waiters see the event first
+        except Exception:
+            logger.exception("commit.report_failed", extra={"xid": ident.xid})
+        return outcome
+
+    def lookup(
+        self, xid: int, timeline: str | None
+    ) -> asyncio.Task[CommitOutcome] | CommitOutcome | None:
+        """A running resolution of ``xid``, its settled outcome, or None (never heard of)."""
+        task = self._running.get(xid)
+        if task is not None:
+            return task
+        done = self._done.get(xid)
+        if done is None or (timeline is not None and done[0] not in (None, timeline)):
+            return None
+        return done[1]
+
+    async def drain(self, seconds: float) -> None:
+        """Wait (at most ``seconds``) for the running resolutions."""
+        if self._running:
+            await asyncio.wait(list(self._running.values()), timeout=seconds)
 
 
 async def transaction_status(
@@ -172,13 +265,14 @@ async def transaction_status(
     """``pg_xact_status(xid)`` as a :class:`CommitOutcome` (``UNKNOWN`` on any doubt, and
     when ``timeline`` is given and the server is on another one)."""
     status: str | None = None
-    with anyio.move_on_after(timeout):
-        try:
+    try:
+        async with asyncio.timeout(timeout):
             status = await _status(engine, TxnIdentity(xid=xid, backend_pid=0, timeline=timeline))
-        except Exception as exc:
-            logger.info(
-                "commit.status_failed", extra={"xid": xid, "error_type": type(exc).__qualname__}
-            )
+    except Exception as exc:  # TimeoutError included
+        logger.info(
+            "commit.status_failed",
+            extra={"xid": xid, "error_type": type(exc).__qualname__},
+        )
     if status == "committed":
         return CommitOutcome.COMMITTED
     if status == "aborted":

@@ -1,105 +1,69 @@
-"""``Database``: units of work with retries, a circuit breaker and deadlines.
+"""``Database``: units of work with retries, a circuit breaker and hard deadlines.
 
-One unit of work, end to end (DESIGN §2):
-
-    deadline scope (anyio) ─ covers every attempt and every sleep
-    breaker gate ─ open → CircuitOpenError at once, no I/O
-    attempt n: fresh AsyncSession → checkout + BEGIN → body → [xid capture] → COMMIT
-      success → breaker success, budget deposit → result
-      failure → classify(exc, phase) →
-        fatal          → rollback, re-raise the original exception (breaker: ignored)
-        retryable      → rollback or invalidate, breaker failure if infrastructure,
-                         backoff sleep (tenacity, budget, deadline) → next attempt
-        commit_unknown → resolve on a fresh connection: committed → success;
-                         aborted → retryable; unknown → CommitOutcomeUnknown
-
-Nested units join the outer one on the same task (no retries of their own). The attempt
-itself lives in ``_unit``; the block forms (``transaction()``, ``attempts()``) in ``_blocks``.
+``Database`` validates its configuration, builds one frozen :class:`UnitContext` and hands
+it to the runner (``_runner``), the attempt (``_attempt``) and the block forms
+(``_blocks``); none of them calls back into it. Nested units join the outer one on the
+same task (no retries of their own).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import anyio
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from resilient_db._errors import CircuitOpenError
-from resilient_db.classify import Classification, Classifier, default_classifier
-from resilient_db.engine import install_pool_policy
-from resilient_db.policies import (
-    CircuitBreaker,
-    RetryBudget,
-    RetryEvent,
-    RetryHooks,
-    RetryPolicy,
-    RetryStatistics,
-    retry_call,
-)
-from resilient_db.units._attempt import (
+from resilient_db._errors import ResilientDBError
+from resilient_db._validate import check_callable, check_type, config_error
+from resilient_db.classify import Classifier, default_classifier
+from resilient_db.engine import EndpointKey, endpoint_key, engine_health_check, install_pool_policy
+from resilient_db.policies import CircuitBreaker, Clock, RetryBudget, RetryPolicy, default_clock
+from resilient_db.units._blocks import Attempts, Transaction
+from resilient_db.units._commit import CommitOutcome, CommitResolutions, transaction_status
+from resilient_db.units._context import Reporter, UnitContext, drain, joinable
+from resilient_db.units._options import (
     _DEFAULT,
-    DeadlineExceeded,
-    UnitEvent,
+    DEFAULT_ALLOWANCE,
     UnitListener,
     UnitOptions,
-    _Attempt,
-    _Call,
-    _joinable,
+    _flag,
+    _seconds,
 )
-from resilient_db.units._blocks import Attempts, Transaction
-from resilient_db.units._commit import (
-    CommitOutcome,
-    transaction_status,
-)
+from resilient_db.units._runner import run_unit
+from resilient_db.units._session import did_you_mean, session_factory
 
-__all__ = ["Database", "engine_health_check"]
+__all__ = ["Database"]
 
 logger = logging.getLogger("resilient_db")
 
 P = ParamSpec("P")
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., None])
 
-_SELECT_1 = text("SELECT 1")
-
-
-_breakers: weakref.WeakKeyDictionary[Any, CircuitBreaker] = weakref.WeakKeyDictionary()
+#: One breaker per endpoint (host, port, database, role), shared by every Database on it.
+_breakers: dict[EndpointKey, CircuitBreaker] = {}
 _budgets: weakref.WeakKeyDictionary[Any, RetryBudget] = weakref.WeakKeyDictionary()
-
-
-def engine_health_check(engine: AsyncEngine) -> Callable[[], Awaitable[None]]:
-    """A breaker health check for ``engine``: a pooled connection (a new one during an
-    outage) and ``SELECT 1``. Pass it to ``CircuitBreaker(..., health_check=...)``.
-    """
-
-    async def health_check() -> None:
-        async with engine.connect() as conn:
-            await conn.execute(_SELECT_1)
-            await conn.rollback()
-
-    return health_check
-
-
-def _endpoint(engine: AsyncEngine) -> str:
-    url = engine.url
-    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+_resolutions: weakref.WeakKeyDictionary[Any, CommitResolutions] = weakref.WeakKeyDictionary()
 
 
 class Database:
-    """Runs units of work on ``engine`` with retries, a circuit breaker and deadlines.
+    """Runs units of work on ``engine`` with retries, a circuit breaker and hard deadlines.
 
-    ``retry``, ``deadline``, ``idempotent``, ``read_only`` are the defaults for every unit.
-    ``breaker`` and ``budget`` default to the ones shared by every ``Database`` on the same
-    engine (one breaker per endpoint, one budget per engine); pass ``None`` to turn either
-    off. ``classifier`` defaults to :func:`resilient_db.classify`'s rules.
+    ``retry``, ``deadline``, ``idempotent``, ``read_only``, ``wait_for_breaker`` are the
+    defaults for every unit. ``breaker`` and ``budget`` default to the ones shared by every
+    ``Database`` on the same endpoint / engine; pass ``None`` to turn either off.
+    ``classifier`` defaults to :func:`resilient_db.classify`'s rules. ``clock`` is the one
+    clock of the deadline, the retry policy and the default breaker and budget (inject a
+    fake one in tests). A unit returns at most ``allowance`` seconds (default 0.25) after
+    its deadline, cleanup included. ``async with Database(engine) as db:`` (or ``await
+    db.aclose()``) waits for background commit resolutions and disposes the engine.
     """
 
+    @did_you_mean
     def __init__(
         self,
         engine: AsyncEngine,
@@ -111,28 +75,29 @@ class Database:
         deadline: float | None = 30.0,
         idempotent: bool = False,
         read_only: bool = False,
+        wait_for_breaker: bool = False,
+        allowance: float = DEFAULT_ALLOWANCE,
         resolve_timeout: float = 2.0,
         cleanup_timeout: float = 2.0,
+        clock: Clock | None = None,
         listeners: Sequence[UnitListener] = (),
         session_options: dict[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError(
-                f"Database() needs a SQLAlchemy AsyncEngine, got {type(engine).__name__}; "
-                "create one with resilient_db.create_async_engine(url)"
-            )
+        check_type(
+            "Database",
+            "engine",
+            engine,
+            AsyncEngine,
+            what="a SQLAlchemy AsyncEngine (Database() needs a SQLAlchemy AsyncEngine)",
+            fix="create one with resilient_db.create_async_engine(url)",
+        )
         for option, value in (
+            ("allowance", allowance),
             ("resolve_timeout", resolve_timeout),
             ("cleanup_timeout", cleanup_timeout),
         ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise ValueError(f"{option} must be a finite number of seconds > 0, got {value!r}")
+            _seconds("Database", option, value, none_ok=False, fix=f"e.g. {option}=2.0")
         checks: tuple[tuple[str, object, type, str], ...] = (
             ("retry", retry, RetryPolicy, "RetryPolicy(attempts=5, ...)"),
             ("breaker", breaker, CircuitBreaker, "CircuitBreaker('name', ...), or None for none"),
@@ -140,50 +105,136 @@ class Database:
             ("classifier", classifier, Classifier, "Classifier().with_rules(...)"),
         )
         for option, given, kind, hint in checks:
-            if given is not None and given is not _DEFAULT and not isinstance(given, kind):
-                raise TypeError(
-                    f"Database({option}=...) must be a {kind.__name__} or None, got "
-                    f"{type(given).__name__}; pass e.g. {hint}"
+            if given is not _DEFAULT:
+                check_type(
+                    "Database",
+                    option,
+                    given,
+                    kind,
+                    allow_none=True,
+                    what=f"a {kind.__name__} or None",
+                    fix=f"pass e.g. {hint}",
                 )
         if not all(callable(listener) for listener in listeners):
-            raise TypeError(
-                "Database(listeners=...) must be callables taking a UnitEvent, e.g. "
-                "listeners=[events.append]"
+            raise config_error(
+                "Database",
+                "listeners",
+                list(listeners),
+                "callables taking a UnitEvent",
+                "e.g. listeners=[events.append]",
+                wrong_type=True,
             )
-        for option, flag in (("idempotent", idempotent), ("read_only", read_only)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"Database({option}=...) must be True or False, got {flag!r}")
+        for option, flag in (
+            ("idempotent", idempotent),
+            ("read_only", read_only),
+            ("wait_for_breaker", wait_for_breaker),
+        ):
+            _flag("Database", option, flag)
+        _seconds(
+            "Database",
+            "deadline",
+            deadline,
+            none_ok=True,
+            fix="give seconds such as deadline=30.0, or None for no deadline",
+        )
+        check_callable(
+            "Database", "clock", clock, allow_none=True, fix="pass time.monotonic or a fake clock"
+        )
+        policy = retry if retry is not None else RetryPolicy(deadline=None)
+        clock = clock if clock is not None else policy.clock
+        if policy.clock is not clock:
+            policy = replace(policy, clock=clock)
         self.engine = engine
-        self._key: object = engine.sync_engine
-        self.retry = retry if retry is not None else RetryPolicy(deadline=None)
+        self.retry = policy
         self.options = UnitOptions(
-            deadline=deadline, idempotent=idempotent, read_only=read_only, name=name
+            deadline=deadline,
+            idempotent=idempotent,
+            read_only=read_only,
+            name=name,
+            wait_for_breaker=wait_for_breaker,
         )
         self.classifier = classifier if classifier is not None else default_classifier()
-        self.breaker = self._shared_breaker() if breaker is _DEFAULT else breaker
-        self.budget = self._shared_budget() if budget is _DEFAULT else budget
+        key = engine.sync_engine
+        self.breaker = self._shared_breaker(clock) if breaker is _DEFAULT else breaker
+        self.budget = self._shared_budget(key, clock) if budget is _DEFAULT else budget
+        self.allowance = float(allowance)
         self.resolve_timeout = float(resolve_timeout)
         self.cleanup_timeout = float(cleanup_timeout)
         self.listeners = tuple(listeners)
-        self._session_options = {"expire_on_commit": False, **(session_options or {})}
+        self._closed = False
+        resolutions = _resolutions.get(key)
+        if resolutions is None:
+            resolutions = _resolutions[key] = CommitResolutions(engine)
+        self._ctx = UnitContext(
+            key=key,
+            engine=engine,
+            make_session=session_factory(engine, session_options),
+            breaker=self.breaker,
+            budget=self.budget,
+            classifier=self.classifier,
+            retry=policy,
+            clock=clock,
+            allowance=self.allowance,
+            cleanup_timeout=self.cleanup_timeout,
+            resolve_timeout=self.resolve_timeout,
+            resolutions=resolutions,
+            reporter=Reporter(self.listeners),
+        )
         install_pool_policy(engine)
 
-    # -- shared per-engine parts -------------------------------------------------------
+    # -- shared per-endpoint / per-engine parts ------------------------------------------
 
-    def _shared_breaker(self) -> CircuitBreaker:
-        breaker = _breakers.get(self._key)
+    def _shared_breaker(self, clock: Clock) -> CircuitBreaker:
+        endpoint = endpoint_key(self.engine)
+        breaker = _breakers.get(endpoint)
         if breaker is None:
-            breaker = CircuitBreaker(
-                _endpoint(self.engine), health_check=engine_health_check(self.engine)
-            )
-            _breakers[self._key] = breaker
+            # The probe opens a fresh connection: it tests the server, not the pool.
+            kwargs: dict[str, Any] = {"health_check": engine_health_check(self.engine)}
+            if clock is not default_clock:
+                kwargs["clock"] = clock
+            breaker = _breakers[endpoint] = CircuitBreaker(str(endpoint), **kwargs)
         return breaker
 
-    def _shared_budget(self) -> RetryBudget:
-        budget = _budgets.get(self._key)
+    @staticmethod
+    def _shared_budget(key: object, clock: Clock) -> RetryBudget:
+        budget = _budgets.get(key)
         if budget is None:
-            budget = _budgets[self._key] = RetryBudget()
+            budget = _budgets[key] = RetryBudget(clock=clock)
         return budget
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self, *, dispose_engine: bool = True) -> None:
+        """Stop accepting units, wait (at most ``resolve_timeout`` + ``cleanup_timeout``)
+        for background commit resolutions and cleanups, and dispose the engine (unless
+        ``dispose_engine=False``, e.g. when other code shares it). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._ctx.resolutions.drain(self.resolve_timeout + self.cleanup_timeout)
+        await drain(self.cleanup_timeout)
+        if dispose_engine:
+            await self.engine.dispose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ResilientDBError(
+                f"this Database (engine {endpoint_key(self.engine)}) was closed by aclose(); "
+                "fix: create a new Database, or run units before closing it"
+            )
+
+    # -- status ----------------------------------------------------------------------------
 
     async def commit_status(
         self, xid: int, *, timeline: str | None = None, timeout: float = 5.0
@@ -191,71 +242,35 @@ class Database:
         """What became of transaction ``xid`` (from :class:`CommitOutcomeUnknown` or a
         ``commit.unknown`` event): ``committed``, ``aborted`` or ``unknown``.
 
-        Pass the ``timeline`` the exception carries: after a failover the new primary may
-        have given the same xid number to another transaction, and the answer is then
-        ``unknown``. Asks ``pg_xact_status`` on a fresh connection; terminates nothing.
+        A resolution still running in the background (a COMMIT in doubt at a deadline) is
+        waited for (at most ``timeout``); a settled one is answered from memory; otherwise
+        ``pg_xact_status`` is asked on a fresh connection. Pass the ``timeline`` the
+        exception carries: after a failover the new primary may have given the same xid
+        number to another transaction, and the answer is then ``unknown``.
         """
         if isinstance(xid, bool) or not isinstance(xid, int) or xid < 0:
-            raise ValueError(f"xid must be a non-negative int (a transaction id), got {xid!r}")
+            raise config_error(
+                "Database.commit_status",
+                "xid",
+                xid,
+                "a non-negative int (a transaction id)",
+                "pass CommitOutcomeUnknown.xid",
+                wrong_type=not isinstance(xid, int) or isinstance(xid, bool),
+            )
+        _seconds("Database.commit_status", "timeout", timeout, none_ok=False, fix="timeout=5.0")
+        known = self._ctx.resolutions.lookup(xid, timeline)
+        if isinstance(known, CommitOutcome):
+            return known
+        if known is not None:
+            import asyncio
+
+            done, _ = await asyncio.wait((known,), timeout=timeout)
+            return known.result() if done else CommitOutcome.UNKNOWN
         return await transaction_status(self.engine, xid, timeout=timeout, timeline=timeline)
 
     async def health_check(self) -> None:
-        """A cheap probe: a connection from the pool (a new one during an outage), SELECT 1."""
+        """A probe of the server: a fresh connection (never a pooled one), SELECT 1, bounded."""
         await engine_health_check(self.engine)()
-
-    def _make_session(self) -> AsyncSession:
-        return AsyncSession(self.engine, **self._session_options)
-
-    def _emit(
-        self,
-        event: str,
-        call: _Call,
-        cls: Classification | None,
-        *,
-        elapsed: float | None = None,
-        xid: int | None = None,
-        outcome: str | None = None,
-    ) -> None:
-        exc = call.last_exc
-        data = UnitEvent(
-            event=event,
-            name=call.options.name,
-            attempt=call.attempts,
-            elapsed=elapsed if elapsed is not None else time.monotonic() - call.started,
-            category=cls.category if cls is not None else None,
-            sqlstate=cls.sqlstate if cls is not None else None,
-            kind=cls.kind.value if cls is not None else None,
-            xid=xid,
-            outcome=outcome,
-            error_type=type(exc).__qualname__ if exc is not None else None,
-        )
-        level = (
-            logging.WARNING
-            if event in ("commit.unknown", "unit.deadline_exceeded")
-            else (logging.INFO)
-        )
-        logger.log(
-            level,
-            event,
-            extra={
-                "unit": data.name,
-                "attempt": data.attempt,
-                "category": data.category,
-                "sqlstate": data.sqlstate,
-                "kind": data.kind,
-                "xid": data.xid,
-                "outcome": data.outcome,
-                "error_type": data.error_type,
-            },
-        )
-        self._notify(data)
-
-    def _notify(self, data: UnitEvent) -> None:
-        for listener in self.listeners:
-            try:
-                listener(data)
-            except Exception:
-                logger.exception("unit.listener_failed", extra={"unit": data.name})
 
     # -- options -----------------------------------------------------------------------
 
@@ -267,15 +282,21 @@ class Database:
         read_only: bool = _DEFAULT,
         retry: RetryPolicy | None = _DEFAULT,
         name: str | None = _DEFAULT,
+        wait_for_breaker: bool = _DEFAULT,
     ) -> Database:
         """A view of this database with other per-unit defaults (shares breaker, budget)."""
         view = object.__new__(Database)
         view.__dict__.update(self.__dict__)
         view.options = self._call_options(
-            deadline=deadline, idempotent=idempotent, read_only=read_only, name=name
+            deadline=deadline,
+            idempotent=idempotent,
+            read_only=read_only,
+            name=name,
+            wait_for_breaker=wait_for_breaker,
         )
         if retry is not _DEFAULT and retry is not None:
-            view.retry = retry
+            view.retry = replace(retry, clock=self._ctx.clock)
+            view._ctx = replace(self._ctx, retry=view.retry)
         return view
 
     def _call_options(self, **overrides: Any) -> UnitOptions:
@@ -296,86 +317,24 @@ class Database:
         Retryable errors re-run it whole on a fresh session; inside another unit on the same
         task it joins that unit's session instead (no transaction or retries of its own).
         """
-        active = _joinable(self._key)
+        active = joinable(self._ctx.key)
         if active is not None:
-            return await fn(active.session, *args, **kwargs)
-        return await self._unit(lambda session: fn(session, *args, **kwargs), self.options)
+            return await _awaited(fn, fn(active.session, *args, **kwargs))
+        if self._closed:
+            self._check_open()
 
-    async def _unit(self, body: Callable[[AsyncSession], Awaitable[T]], options: UnitOptions) -> T:
-        call = _Call(options=options, started=time.monotonic())
-        policy = options.retry or self.retry
+        def body(session: AsyncSession) -> Awaitable[T]:
+            return _awaited(fn, fn(session, *args, **kwargs))
 
-        async def attempt() -> T:
-            a = _Attempt(self, call)
-            session = await a.begin()
-            try:
-                result = await body(session)
-            except BaseException as exc:
-                try:
-                    await a.fail(exc)
-                finally:
-                    a._leave()
-                raise  # pragma: no cover - fail() always raises for body errors
-            await a.commit()
-            return result
+        return await run_unit(self._ctx, self.options, body)
 
-        if options.deadline is None:
-            return await self._retry(attempt, call, policy, None)
-        deadline_at = policy.clock() + options.deadline
-        with anyio.CancelScope(deadline=anyio.current_time() + options.deadline) as scope:
-            call.scope = scope
-            return await self._retry(attempt, call, policy, deadline_at)
-        raise self._deadline_error(call)
-
-    async def _retry(
-        self,
-        attempt: Callable[[], Awaitable[T]],
-        call: _Call,
-        policy: RetryPolicy,
-        deadline_at: float | None,
+    async def _run_unit(
+        self, body: Callable[[AsyncSession], Awaitable[T]], options: UnitOptions
     ) -> T:
-        try:
-            return await retry_call(
-                attempt,
-                policy=policy,
-                decide=call.decide,
-                budget=self.budget,
-                deadline_at=deadline_at,
-                hooks=self._hooks(call),
-                name=call.options.name,
-            )
-        except CircuitOpenError as exc:
-            if call.last_exc is not None and call.last_exc is not exc:
-                category = call.last.category if call.last is not None else "?"
-                exc.add_note(
-                    f"resilient_db: the previous attempt failed with "
-                    f"{type(call.last_exc).__qualname__} ({category})"
-                )
-            raise
-
-    def _hooks(self, call: _Call) -> RetryHooks | None:
-        """Retry events for the listeners; None (no cost at all) when there are none."""
-        if not self.listeners:
-            return None
-        return _ListenerHooks(self, call)
-
-    def _deadline_error(self, call: _Call) -> DeadlineExceeded:
-        options = call.options
-        assert options.deadline is not None
-        self._emit("unit.deadline_exceeded", call, call.last)
-        last = call.last_exc
-        err = DeadlineExceeded(
-            f"unit {options.name!r} did not finish within its deadline of "
-            f"{options.deadline:g}s ({call.attempts} attempt(s)"
-            + (f", last error {type(last).__qualname__}" if last is not None else "")
-            + "); raise the deadline if the work is slow, or check the database's health",
-            name=options.name,
-            deadline=options.deadline,
-            attempts=call.attempts,
-        )
-        if last is not None and isinstance(last, Exception):
-            err.__cause__ = last
-        return err
+        """The decorator's entry: ``body`` as one unit with ``options`` (already merged)."""
+        if self._closed:
+            self._check_open()
+        return await run_unit(self._ctx, options, body)
 
     def transaction(
         self,
@@ -385,6 +344,7 @@ class Database:
         read_only: bool = _DEFAULT,
         retry: RetryPolicy | None = _DEFAULT,
         name: str | None = _DEFAULT,
+        wait_for_breaker: bool = _DEFAULT,
     ) -> Transaction:
         """``async with db.transaction() as session:`` — one attempt of a unit of work.
 
@@ -392,10 +352,16 @@ class Database:
         (never the body); commits on exit, rolls back on error; resolves a lost COMMIT.
         Inside another unit on the same task it joins that unit's session.
         """
+        self._check_open()
         options = self._call_options(
-            deadline=deadline, idempotent=idempotent, read_only=read_only, retry=retry, name=name
+            deadline=deadline,
+            idempotent=idempotent,
+            read_only=read_only,
+            retry=retry,
+            name=name,
+            wait_for_breaker=wait_for_breaker,
         )
-        return Transaction(self, options)
+        return Transaction(self._ctx, options)
 
     def attempts(
         self,
@@ -405,6 +371,7 @@ class Database:
         read_only: bool = _DEFAULT,
         retry: RetryPolicy | None = _DEFAULT,
         name: str | None = _DEFAULT,
+        wait_for_breaker: bool = _DEFAULT,
     ) -> Attempts:
         """The block form of :meth:`run`::
 
@@ -417,43 +384,28 @@ class Database:
         loop ends after the first attempt that commits; a fatal error, or the last one when
         the policy stops, propagates unchanged.
         """
+        self._check_open()
         options = self._call_options(
-            deadline=deadline, idempotent=idempotent, read_only=read_only, retry=retry, name=name
+            deadline=deadline,
+            idempotent=idempotent,
+            read_only=read_only,
+            retry=retry,
+            name=name,
+            wait_for_breaker=wait_for_breaker,
         )
-        return Attempts(self, options)
+        return Attempts(self._ctx, options)
 
 
-class _ListenerHooks(RetryHooks):
-    r"""Turns the retry engine's hooks into :class:`UnitEvent`\ s for the listeners."""
-
-    __slots__ = ("call", "db")
-
-    def __init__(self, db: Database, call: _Call) -> None:
-        self.db = db
-        self.call = call
-
-    def on_retry(self, event: RetryEvent) -> None:
-        self.db._notify(
-            UnitEvent(
-                event="retry.scheduled",
-                name=event.name,
-                attempt=event.attempt,
-                elapsed=event.elapsed,
-                category=event.category,
-                error_type=type(event.exception).__qualname__,
-                sleep=event.sleep,
-            )
+def _awaited(fn: object, result: Awaitable[T]) -> Awaitable[T]:
+    if not hasattr(result, "__await__"):
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise config_error(
+            "Database.run",
+            "fn",
+            fn,
+            f"an async function (Database.run() needs an async function; calling it returned "
+            f"{type(result).__name__})",
+            f"declare it 'async def {name}(session, ...)'",
+            wrong_type=True,
         )
-
-    def on_finish(self, statistics: RetryStatistics) -> None:
-        if statistics.stop_reason in ("attempts", "deadline", "budget"):
-            self.db._notify(
-                UnitEvent(
-                    event="retry.gave_up",
-                    name=statistics.name,
-                    attempt=statistics.attempts,
-                    elapsed=statistics.elapsed,
-                    category=statistics.last_category,
-                    outcome=statistics.stop_reason,
-                )
-            )
+    return result

@@ -29,9 +29,12 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
+from resilient_db._errors import ConfigurationTypeError
+from resilient_db._validate import config_error
 from resilient_db.policies import RetryPolicy
-from resilient_db.units._attempt import _DEFAULT, UnitOptions, _joinable
+from resilient_db.units._context import joinable
 from resilient_db.units._database import Database
+from resilient_db.units._options import _DEFAULT, UnitOptions
 
 __all__ = ["INJECTED", "transactional"]
 
@@ -60,19 +63,62 @@ def _find_database(source: DatabaseSource | None, args: tuple[Any, ...], fn: Any
         given: object = source if isinstance(source, Database) else source()
         if isinstance(given, Database):
             return given
-        raise TypeError(
-            f"@transactional(database=...) on {fn.__qualname__} must give a Database, got "
-            f"{type(given).__name__}"
+        raise config_error(
+            f"transactional[{fn.__qualname__}]",
+            "database",
+            given,
+            "a Database (@transactional(database=...) must give a Database)",
+            "database=lambda: app.database",
+            wrong_type=True,
         )
     if args:
         found: object = getattr(args[0], "database", None)
         if isinstance(found, Database):
             return found
-    raise TypeError(
+    raise ConfigurationTypeError(
         f"@transactional could not find a Database for {fn.__qualname__}(): give the instance a "
         "'database' attribute (self.database = Database(engine)), or decorate with "
         "@transactional(database=lambda: app.database)"
     )
+
+
+def _check_session_parameter(func: Callable[..., Any]) -> None:
+    """The session is injected as ``session=``: refuse a function that cannot take it."""
+    params = inspect.signature(func).parameters
+    session = params.get("session")
+    if session is not None and session.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        return
+    if session is None and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    raise config_error(
+        "transactional",
+        "fn",
+        func,
+        f"a function with a 'session' parameter ({func.__qualname__}() has none to inject "
+        "the unit's session into)",
+        "add '*, session: AsyncSession = INJECTED'",
+        wrong_type=True,
+    )
+
+
+def _validate(database: object, *options: object) -> None:
+    """The decorator's options, checked at decoration, not at the first call."""
+    names = ("deadline", "idempotent", "read_only", "retry", "name")
+    given: dict[str, Any] = {k: v for k, v in zip(names, options, strict=True) if v is not _DEFAULT}
+    UnitOptions(**given)
+    if database is not None and not (isinstance(database, Database) or callable(database)):
+        raise config_error(
+            "transactional",
+            "database",
+            database,
+            "a Database or a zero-argument callable returning one "
+            "(@transactional(database=...) must be a Database)",
+            "database=lambda: app.database",
+            wrong_type=True,
+        )
 
 
 @overload
@@ -104,19 +150,19 @@ def transactional(
 ) -> Any:
     """Make an async function or method one unit of work (see the module docstring)."""
 
-    if deadline is not _DEFAULT:
-        UnitOptions(deadline=deadline)  # validate now, not at the first call
-    if database is not None and not (isinstance(database, Database) or callable(database)):
-        raise TypeError(
-            f"@transactional(database=...) must be a Database or a zero-argument callable "
-            f"returning one, got {type(database).__name__}"
-        )
+    _validate(database, deadline, idempotent, read_only, retry, name)
 
     def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         if not inspect.iscoroutinefunction(func):
-            raise TypeError(
-                f"@transactional needs an async function, got {func!r}; declare it with 'async def'"
+            raise config_error(
+                "transactional",
+                "fn",
+                func,
+                "an async function (@transactional needs an async function)",
+                "declare it with 'async def'",
+                wrong_type=True,
             )
+        _check_session_parameter(func)
         unit_name = name or func.__qualname__
         overrides = {
             "deadline": deadline,
@@ -131,7 +177,7 @@ def transactional(
             if kwargs.get("session", INJECTED) is not INJECTED:
                 return await func(*args, **kwargs)
             db = _find_database(database, args, func)
-            active = _joinable(db._key)
+            active = joinable(db._ctx.key)
             if active is not None:
                 kwargs["session"] = active.session
                 return await func(*args, **kwargs)
@@ -140,7 +186,7 @@ def transactional(
                 kwargs["session"] = session
                 return func(*args, **kwargs)
 
-            return await db._unit(body, db._call_options(**overrides))
+            return await db._run_unit(body, db._call_options(**overrides))
 
         return wrapper
 

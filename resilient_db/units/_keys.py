@@ -18,8 +18,9 @@ as given by the user, ``result`` the body's return value):
    its body wrote nothing: the key itself is the write).
 3. ``if not rec.inserted``: the operation was applied by an earlier call. ROLL BACK the
    attempt (the body's writes must not commit twice) and ``return rec.previous.replay()``:
-   the stored result, or :class:`~resilient_db.AlreadyApplied` when none is stored. Never
-   retry it.
+   the stored result, or :class:`~resilient_db.AlreadyApplied` when none is stored (a
+   ``db.transaction(key=...)`` block, which returns nothing, raises
+   ``rec.previous.already_applied()``: the error carries the stored result). Never retry it.
 4. If COMMIT fails with an unknown outcome: ``state = await ledger.resolve(engine, rec,
    timeout=...)``. ``state.committed`` → the unit succeeded: return ``result`` (in memory).
    ``state`` absent (``committed`` False) → it did not commit: retry the unit normally; this
@@ -80,7 +81,13 @@ class KeyState:
             raise ValueError(f"key {self.key!r} is not in the ledger; there is nothing to replay")
         if self.has_result:
             return self.result
-        raise AlreadyApplied(self.key, recorded_at=self.recorded_at)
+        raise self.already_applied()
+
+    def already_applied(self) -> AlreadyApplied:
+        """The error carrying all that is known (for a block, which has no result to return)."""
+        return AlreadyApplied(
+            self.key, recorded_at=self.recorded_at, has_result=self.has_result, result=self.result
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
