@@ -49,6 +49,8 @@ FUNCTION_ALLOW: dict[str, str] = {
     "resilient_db/policies/_retry.py:RetryLoop.__init__": "being split under #9/#11/#12",
     "resilient_db/policies/_retry.py:RetryLoop.backoff": "being split under #9/#11/#12",
     "resilient_db/units/_database.py:Database.__init__": "being split under #9/#11/#12",
+    # arrived over the limit while the others split (stack engineer); to be split too
+    "resilient_db/integrations/fastapi.py:unit_of_work": "being split under #9/#11/#12",
 }
 
 #: Import cycles allowed for now (the modules of each, sorted), each with the reason.
