@@ -15,8 +15,8 @@ INTERNAL, named after the unit (``Database(name=...)``, ``@transactional``'s qua
 ``server.port``, ``error.type``, ``db.response.status_code`` (the last SQLSTATE) and
 ``resilient_db.*`` attributes: ``attempts``, ``error.kind``, ``error.category``,
 ``breaker.name``, ``breaker.state``, ``commit.outcome``; one ``resilient_db.attempt_failed``
-event per failed attempt. Spans start and end on the library's ``unit.started`` and
-``unit.finished`` events; the per-attempt events need an open unit span.
+event per failed attempt. Spans start and end on the ``unit.started`` and ``unit.finished``
+events of each outermost unit.
 
 **Metrics.** See :data:`resilient_db.integrations._telemetry.METRICS`: unit duration,
 retries, retry delay, breaker state/transitions/rejections/probes, retry-budget tokens and
