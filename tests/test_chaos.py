@@ -205,7 +205,7 @@ def test_cli_lists_rejects_and_refuses(capsys: pytest.CaptureFixture[str]) -> No
     assert "cannot import" in capsys.readouterr().err
 
 
-QUICK = {"before": 0.5, "during": 1.5, "after": 1.5}
+QUICK = {"before": 1.0, "during": 1.5, "after": 1.5}
 
 
 async def test_quick_run_on_real_faults(pg_url: str, tmp_path: Path) -> None:
@@ -256,7 +256,7 @@ async def _lose_an_op(ctx: FaultContext) -> AsyncIterator[None]:
 
 async def test_the_run_fails_when_the_ledger_is_broken(pg_url: str) -> None:
     scenario = Scenario(name="lose", summary="deletes one acknowledged op", fault=_lose_an_op)
-    settings = Settings(url=pg_url, before=0.5, during=0.3, after=0.3, fail_fast=True)
+    settings = Settings(url=pg_url, before=1.0, during=0.3, after=0.5, fail_fast=True)
     with anyio.fail_after(30):
         report = await run(TRANSFER, [scenario, by_name(["baseline"])[0]], settings=settings)
     (result,) = report.results  # --fail-fast: stopped after the failure
