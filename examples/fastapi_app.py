@@ -7,7 +7,7 @@ Run it (``pip install 'resilient-db[fastapi,prometheus]' uvicorn``)::
 
 What it shows:
 
-* the lifespan creates the engine and the ``Database`` and disposes of them at shutdown;
+* the lifespan creates the engine and the ``Database`` and closes them at shutdown;
 * ``Session`` runs a request as one unit of work, committed before the response is sent;
 * ``AccountsDep`` is a repository whose ``@transactional`` methods retry whole;
 * the exception handlers turn an open breaker into 503 + ``Retry-After``, a deadline into

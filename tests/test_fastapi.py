@@ -3,6 +3,7 @@ against the real PostgreSQL; faults through the embedded fault proxy."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -15,7 +16,9 @@ from resilient_db import (
     CircuitBreaker,
     CircuitOpenError,
     CommitOutcomeUnknown,
+    Database,
     DeadlineExceeded,
+    ResilientDBError,
     RetryPolicy,
 )
 from resilient_db.integrations import PROBLEM_JSON, problem_for
@@ -34,6 +37,7 @@ from resilient_db.integrations.fastapi import (  # noqa: E402
 from tests._shop import shop_url  # noqa: E402, F401  (the fixture)
 from tests._uvicorn import serve  # noqa: E402
 
+SUPPORTS_KEYS = "key" in inspect.signature(Database.transaction).parameters
 FAST_RETRY = RetryPolicy(attempts=2, initial=0.01, max_backoff=0.02)
 
 
@@ -70,15 +74,18 @@ async def test_lifespan_disposes_of_the_engine_at_shutdown(shop_url: str) -> Non
     @app.get("/pool")
     async def pool(request: Request) -> dict[str, int]:
         db = get_database(request)
-        seen["engine"] = db.engine
+        seen["engine"], seen["db"] = db.engine, db
         async with db.transaction() as session:
             await session.execute(text("SELECT 1"))
         return {"checked_in": db.engine.pool.checkedin()}  # type: ignore[attr-defined]
 
     async with serve(app) as base, httpx.AsyncClient(base_url=base) as client:
         assert (await client.get("/pool")).json()["checked_in"] >= 1
-    # After shutdown the pool holds no connection.
+    # After shutdown the pool holds no connection and the Database is closed (aclose()).
     assert seen["engine"].pool.checkedin() == 0
+    with pytest.raises(ResilientDBError, match=r"closed by aclose\(\)"):
+        async with seen["db"].transaction():
+            pass
 
 
 async def test_errors_become_problem_details(
@@ -263,3 +270,44 @@ def test_bad_configuration_is_refused_with_the_one_message_format(pg_url: str) -
     bare = StarletteRequest({"type": "http", "state": {}})
     with pytest.raises(ConfigurationError, match=r"lifespan=database_lifespan\(url\)"):
         get_database(bare)
+
+
+@pytest.mark.skipif(
+    not SUPPORTS_KEYS, reason="Database.transaction(key=...) is not in this build yet"
+)
+async def test_idempotency_key_header_applies_a_request_once(shop_url: str) -> None:  # noqa: F811
+    import anyio
+    from sqlalchemy.ext.asyncio import create_async_engine as sa_engine
+
+    from resilient_db import create_ledger
+
+    setup = sa_engine(shop_url)
+    try:
+        await create_ledger(setup)
+    finally:
+        await setup.dispose()
+    app = create_app(shop_url, retry=FAST_RETRY)
+    move = {"src": 1, "dst": 2, "amount": 10}
+    async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        first = await client.post("/transfers", json=move, headers={"Idempotency-Key": "k-1"})
+        assert first.status_code == 200, first.text
+        again = await client.post("/transfers", json=move, headers={"Idempotency-Key": "k-1"})
+        assert again.status_code == 409, again.text
+        assert again.headers["content-type"] == PROBLEM_JSON
+        assert again.json()["type"] == "urn:resilient-db:problem:already-applied"
+        answers: list[int] = []
+
+        async def send() -> None:
+            sent = await client.post("/transfers", json=move, headers={"Idempotency-Key": "k-2"})
+            answers.append(sent.status_code)
+
+        async with anyio.create_task_group() as tg:  # the same key, concurrently
+            for _ in range(4):
+                tg.start_soon(send)
+        assert sorted(answers) == [200, 409, 409, 409], answers
+        other = await client.post("/transfers", json=move)  # no key: applied as usual
+        assert other.status_code == 200
+        bad = await client.post("/transfers", json=move, headers={"Idempotency-Key": "a b"})
+        assert bad.status_code == 400
+        balance = (await client.get("/accounts/1")).json()["balance"]
+    assert balance == 100 - 3 * 10  # k-1 once, k-2 once, the unkeyed one

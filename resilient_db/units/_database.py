@@ -398,7 +398,7 @@ class Database:
 
 def _awaited(fn: object, result: Awaitable[T]) -> Awaitable[T]:
     if not hasattr(result, "__await__"):
-        name = getattr(fn, "__qualname__", repr(fn))
+        name = getattr(fn, "__name__", repr(fn))
         raise config_error(
             "Database.run",
             "fn",
