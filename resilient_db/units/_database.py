@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from resilient_db._errors import ResilientDBError
-from resilient_db._validate import check_callable, check_type, config_error
+from resilient_db._validate import config_error
 from resilient_db.classify import Classifier, default_classifier
 from resilient_db.engine import EndpointKey, endpoint_key, engine_health_check, install_pool_policy
 from resilient_db.policies import CircuitBreaker, Clock, RetryBudget, RetryPolicy, default_clock
@@ -31,11 +31,10 @@ from resilient_db.units._options import (
     DEFAULT_ALLOWANCE,
     UnitListener,
     UnitOptions,
-    _flag,
     _seconds,
 )
 from resilient_db.units._runner import run_unit
-from resilient_db.units._session import did_you_mean, session_factory
+from resilient_db.units._session import check_options, did_you_mean, session_factory
 
 __all__ = ["Database"]
 
@@ -86,63 +85,7 @@ class Database:
         ledger: Ledger | None = None,
         name: str | None = None,
     ) -> None:
-        check_type(
-            "Database",
-            "engine",
-            engine,
-            AsyncEngine,
-            what="a SQLAlchemy AsyncEngine (Database() needs a SQLAlchemy AsyncEngine)",
-            fix="create one with resilient_db.create_async_engine(url)",
-        )
-        for option, value in (
-            ("allowance", allowance),
-            ("resolve_timeout", resolve_timeout),
-            ("cleanup_timeout", cleanup_timeout),
-        ):
-            _seconds("Database", option, value, none_ok=False, fix=f"e.g. {option}=2.0")
-        checks: tuple[tuple[str, object, type, str], ...] = (
-            ("retry", retry, RetryPolicy, "RetryPolicy(attempts=5, ...)"),
-            ("breaker", breaker, CircuitBreaker, "CircuitBreaker('name', ...), or None for none"),
-            ("budget", budget, RetryBudget, "RetryBudget(...), or None for none"),
-            ("classifier", classifier, Classifier, "Classifier().with_rules(...)"),
-        )
-        checks += (("ledger", ledger, Ledger, "Ledger(table='resilient_db_keys')"),)
-        for option, given, kind, hint in checks:
-            if given is not _DEFAULT:
-                check_type(
-                    "Database",
-                    option,
-                    given,
-                    kind,
-                    allow_none=True,
-                    what=f"a {kind.__name__} or None",
-                    fix=f"pass e.g. {hint}",
-                )
-        if not all(callable(listener) for listener in listeners):
-            raise config_error(
-                "Database",
-                "listeners",
-                list(listeners),
-                "callables taking a UnitEvent",
-                "e.g. listeners=[events.append]",
-                wrong_type=True,
-            )
-        for option, flag in (
-            ("idempotent", idempotent),
-            ("read_only", read_only),
-            ("wait_for_breaker", wait_for_breaker),
-        ):
-            _flag("Database", option, flag)
-        _seconds(
-            "Database",
-            "deadline",
-            deadline,
-            none_ok=True,
-            fix="give seconds such as deadline=30.0, or None for no deadline",
-        )
-        check_callable(
-            "Database", "clock", clock, allow_none=True, fix="pass time.monotonic or a fake clock"
-        )
+        check_options(locals())  # every argument, checked before anything is built
         policy = retry if retry is not None else RetryPolicy(deadline=None)
         clock = clock if clock is not None else policy.clock
         if policy.clock is not clock:

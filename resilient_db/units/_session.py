@@ -9,9 +9,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from resilient_db._validate import config_error, unknown_option
+from resilient_db._validate import check_callable, check_type, config_error, unknown_option
+from resilient_db.classify import Classifier
+from resilient_db.policies import CircuitBreaker, RetryBudget, RetryPolicy
+from resilient_db.units._keys import Ledger
+from resilient_db.units._options import _DEFAULT, _flag, _seconds
 
-__all__ = ["did_you_mean", "session_factory"]
+__all__ = ["check_options", "did_you_mean", "session_factory"]
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -66,3 +70,60 @@ def session_factory(engine: AsyncEngine, options: object) -> Callable[[], AsyncS
             "see sqlalchemy.orm.Session() for its options",
         ) from None
     return functools.partial(AsyncSession, engine, **merged)
+
+
+def check_options(given: dict[str, Any]) -> None:
+    """``Database(...)``'s arguments (its ``locals()``), in the house message format."""
+    check_type(
+        "Database",
+        "engine",
+        given["engine"],
+        AsyncEngine,
+        what="a SQLAlchemy AsyncEngine (Database() needs a SQLAlchemy AsyncEngine)",
+        fix="create one with resilient_db.create_async_engine(url)",
+    )
+    for option in ("allowance", "resolve_timeout", "cleanup_timeout"):
+        _seconds("Database", option, given[option], none_ok=False, fix=f"e.g. {option}=2.0")
+    for option, kind, hint in (
+        ("retry", RetryPolicy, "RetryPolicy(attempts=5, ...)"),
+        ("breaker", CircuitBreaker, "CircuitBreaker('name', ...), or None for none"),
+        ("budget", RetryBudget, "RetryBudget(...), or None for none"),
+        ("classifier", Classifier, "Classifier().with_rules(...)"),
+        ("ledger", Ledger, "Ledger(table='resilient_db_keys')"),
+    ):
+        if given[option] is not _DEFAULT:
+            check_type(
+                "Database",
+                option,
+                given[option],
+                kind,
+                allow_none=True,
+                what=f"a {kind.__name__} or None",
+                fix=f"pass e.g. {hint}",
+            )
+    listeners = given["listeners"]
+    if not all(callable(listener) for listener in listeners):
+        raise config_error(
+            "Database",
+            "listeners",
+            list(listeners),
+            "callables taking a UnitEvent",
+            "e.g. listeners=[events.append]",
+            wrong_type=True,
+        )
+    for option in ("idempotent", "read_only", "wait_for_breaker"):
+        _flag("Database", option, given[option])
+    _seconds(
+        "Database",
+        "deadline",
+        given["deadline"],
+        none_ok=True,
+        fix="give seconds such as deadline=30.0, or None for no deadline",
+    )
+    check_callable(
+        "Database",
+        "clock",
+        given["clock"],
+        allow_none=True,
+        fix="pass time.monotonic or a fake clock",
+    )
