@@ -110,7 +110,7 @@ async def test_run_with_the_same_key_concurrently_applies_once(
 async def test_without_a_stored_result_the_second_call_raises_already_applied(
     engine: AsyncEngine, table: str
 ) -> None:
-    db = Database(engine, ledger=Ledger(store_results=False))  # type: ignore[call-arg]
+    db = Database(engine, ledger=Ledger(store_results=False))
     run: Any = db.run
     key = f"k-{secrets.token_hex(4)}"
     await run(_insert(table), "first", key=key)
@@ -171,7 +171,9 @@ async def test_transactional_key_from_the_call_arguments(engine: AsyncEngine, ta
         await session.execute(text(f"INSERT INTO {table} VALUES (:op)"), {"op": op})
         return op
 
-    ship: Callable[[str], Any] = decorate(database=db, key=lambda op, **_: f"ship:{op}")(_ship)
+    ship: Callable[[str], Any] = decorate(database=db, key=lambda op, **_: f"ship:{table}:{op}")(
+        _ship
+    )
 
     assert await ship("a") == "a"
     assert await ship("a") == "a"  # replayed

@@ -132,6 +132,25 @@ def _unit_name(request: Request) -> str:
     return f"{request.method} {path}"
 
 
+def _check_unit_options(commit: str, name: str | None, idempotency_header: str | None) -> None:
+    check_choice(
+        "unit_of_work",
+        "commit",
+        commit,
+        ("before_response", "after_response"),
+        fix="commit='before_response' (the default) or 'after_response' for read-only requests",
+    )
+    if name is not None:
+        check_text("unit_of_work", "name", name, fix="name='orders.create'")
+    if idempotency_header is not None:
+        check_text(
+            "unit_of_work",
+            "idempotency_header",
+            idempotency_header,
+            fix="idempotency_header='Idempotency-Key' (the default), or None to ignore it",
+        )
+
+
 def unit_of_work(
     *,
     commit: Literal["before_response", "after_response"] = "before_response",
@@ -157,22 +176,7 @@ def unit_of_work(
     ``Database``'s defaults for this unit. Use it as ``Annotated[AsyncSession,
     unit_of_work()]``.
     """
-    check_choice(
-        "unit_of_work",
-        "commit",
-        commit,
-        ("before_response", "after_response"),
-        fix="commit='before_response' (the default) or 'after_response' for read-only requests",
-    )
-    if name is not None:
-        check_text("unit_of_work", "name", name, fix="name='orders.create'")
-    if idempotency_header is not None:
-        check_text(
-            "unit_of_work",
-            "idempotency_header",
-            idempotency_header,
-            fix="idempotency_header='Idempotency-Key' (the default), or None to ignore it",
-        )
+    _check_unit_options(commit, name, idempotency_header)
     options: dict[str, Any] = {
         k: v
         for k, v in (("deadline", deadline), ("read_only", read_only), ("idempotent", idempotent))
