@@ -3,7 +3,6 @@ against the real PostgreSQL; faults through the embedded fault proxy."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -17,7 +16,6 @@ from resilient_db import (
     CircuitBreaker,
     CircuitOpenError,
     CommitOutcomeUnknown,
-    Database,
     DeadlineExceeded,
     ResilientDBError,
     RetryPolicy,
@@ -38,7 +36,6 @@ from resilient_db.integrations.fastapi import (  # noqa: E402
 from tests._shop import shop_url  # noqa: E402, F401  (the fixture)
 from tests._uvicorn import serve  # noqa: E402
 
-SUPPORTS_KEYS = "key" in inspect.signature(Database.transaction).parameters
 FAST_RETRY = RetryPolicy(attempts=2, initial=0.01, max_backoff=0.02)
 
 
@@ -273,9 +270,6 @@ def test_bad_configuration_is_refused_with_the_one_message_format(pg_url: str) -
         get_database(bare)
 
 
-@pytest.mark.skipif(
-    not SUPPORTS_KEYS, reason="Database.transaction(key=...) is not in this build yet"
-)
 async def test_idempotency_key_header_applies_a_request_once(shop_url: str) -> None:  # noqa: F811
     import anyio
     from sqlalchemy.ext.asyncio import create_async_engine as sa_engine
