@@ -60,85 +60,89 @@ def _database(ctx: WorkloadContext, url: str) -> Database:
     return db
 
 
-def workload(ctx: WorkloadContext) -> Workload:
-    """The transfer workload for one scenario (tables ``<prefix>_accounts`` and ``_ops``)."""
-    accounts, ops = f"{ctx.prefix}_accounts", f"{ctx.prefix}_ops"
+class _Ledger:
+    """The two tables of one scenario and the unit of work on them."""
 
-    async def setup(conn: AsyncConnection) -> None:
-        await conn.execute(text(f"DROP TABLE IF EXISTS {accounts}, {ops}"))
+    def __init__(self, prefix: str) -> None:
+        self.accounts, self.ops = f"{prefix}_accounts", f"{prefix}_ops"
+
+    async def setup(self, conn: AsyncConnection) -> None:
+        await self.teardown(conn)
         await conn.execute(
-            text(f"CREATE TABLE {accounts} (id int PRIMARY KEY, balance bigint NOT NULL)")
+            text(f"CREATE TABLE {self.accounts} (id int PRIMARY KEY, balance bigint NOT NULL)")
         )
         await conn.execute(
             text(
-                f"CREATE TABLE {ops} (op text NOT NULL, src int NOT NULL, dst int NOT NULL, "
-                "amount int NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+                f"CREATE TABLE {self.ops} (op text NOT NULL, src int NOT NULL, "
+                "dst int NOT NULL, amount int NOT NULL, at timestamptz NOT NULL DEFAULT now())"
             )
         )
-        await conn.execute(text(f"CREATE INDEX {ops}_op ON {ops} (op)"))  # not unique on purpose
+        # not unique on purpose: a duplicate application must stay visible
+        await conn.execute(text(f"CREATE INDEX {self.ops}_op ON {self.ops} (op)"))
         await conn.execute(
             text(
-                f"INSERT INTO {accounts} SELECT g, {INITIAL_BALANCE} "
+                f"INSERT INTO {self.accounts} SELECT g, {INITIAL_BALANCE} "
                 f"FROM generate_series(1, {ACCOUNTS}) g"
             )
         )
 
-    async def teardown(conn: AsyncConnection) -> None:
-        await conn.execute(text(f"DROP TABLE IF EXISTS {accounts}, {ops}"))
+    async def teardown(self, conn: AsyncConnection) -> None:
+        await conn.execute(text(f"DROP TABLE IF EXISTS {self.accounts}, {self.ops}"))
 
-    async def body(session: AsyncSession, op: str, src: int, dst: int, amount: int) -> None:
+    async def body(self, session: AsyncSession, op: str, src: int, dst: int, amount: int) -> None:
         await session.execute(
-            text(f"INSERT INTO {ops} (op, src, dst, amount) VALUES (:op, :src, :dst, :amount)"),
-            {"op": op, "src": src, "dst": dst, "amount": amount},
+            text(f"INSERT INTO {self.ops} (op, src, dst, amount) VALUES (:op, :s, :d, :a)"),
+            {"op": op, "s": src, "d": dst, "a": amount},
         )
         for account, delta in sorted(((src, -amount), (dst, amount))):  # lower id first
             await session.execute(
-                text(f"UPDATE {accounts} SET balance = balance + :d WHERE id = :i"),
+                text(f"UPDATE {self.accounts} SET balance = balance + :d WHERE id = :i"),
                 {"d": delta, "i": account},
             )
 
-    async def transfer(db: Database, op: str) -> str:
+    async def transfer(self, db: Database, op: str) -> str:
         rng = random.Random(op)
         src = rng.randint(1, ACCOUNTS)
         dst = rng.randint(1, ACCOUNTS - 1)
-        await db.run(body, op, src, dst + 1 if dst >= src else dst, rng.randint(1, 100))
+        await db.run(self.body, op, src, dst + 1 if dst >= src else dst, rng.randint(1, 100))
         return op
 
-    async def applied(conn: AsyncConnection) -> Mapping[str, int]:
-        rows = await conn.execute(text(f"SELECT op, count(*) FROM {ops} GROUP BY op"))
+    async def applied(self, conn: AsyncConnection) -> Mapping[str, int]:
+        rows = await conn.execute(text(f"SELECT op, count(*) FROM {self.ops} GROUP BY op"))
         return {str(op): int(n) for op, n in rows}
 
-    async def money_conserved(conn: AsyncConnection, ev: Evidence) -> Check:
-        result = await conn.execute(text(f"SELECT id, balance FROM {accounts}"))
+    async def money_conserved(self, conn: AsyncConnection, ev: Evidence) -> Check:
+        result = await conn.execute(text(f"SELECT id, balance FROM {self.accounts}"))
         balances: dict[int, int] = {int(a): int(b) for a, b in result}
         expected = dict.fromkeys(balances, INITIAL_BALANCE)
-        rows = (await conn.execute(text(f"SELECT src, dst, amount FROM {ops}"))).all()
+        rows = (await conn.execute(text(f"SELECT src, dst, amount FROM {self.ops}"))).all()
         for src, dst, amount in rows:
             expected[src] -= amount
             expected[dst] += amount
-        total = sum(balances.values())
+        total, want = sum(balances.values()), ACCOUNTS * INITIAL_BALANCE
         drift = [
             f"account {a}: {balances[a]} != {w}"
             for a, w in sorted(expected.items())
             if balances[a] != w
         ]
-        ok = total == ACCOUNTS * INITIAL_BALANCE and not drift
+        ok = total == want and not drift
         detail = (
             f"total {total}; every balance matches the {len(rows)} ledger rows"
             if ok
-            else (
-                f"total {total} (expected {ACCOUNTS * INITIAL_BALANCE}); {len(drift)} balance(s) "
-                "disagree with the ledger rows"
-            )
+            else f"total {total} (expected {want}); {len(drift)} balance(s) disagree with the rows"
         )
         return Check(name="money_conserved", passed=ok, detail=detail, offenders=tuple(drift[:5]))
 
+
+def workload(ctx: WorkloadContext) -> Workload:
+    """The transfer workload for one scenario (tables ``<prefix>_accounts`` and ``_ops``)."""
+    ledger = _Ledger(ctx.prefix)
     return Workload(
         name="transfer",
-        operations=[Operation(name="transfer", call=transfer)],
+        operations=[Operation(name="transfer", call=ledger.transfer)],
         database=lambda url: _database(ctx, url),
-        setup=setup,
-        teardown=teardown,
-        applied=applied,
-        invariants=[Invariant(name="money_conserved", check=money_conserved)],
+        setup=ledger.setup,
+        teardown=ledger.teardown,
+        applied=ledger.applied,
+        invariants=[Invariant(name="money_conserved", check=ledger.money_conserved)],
     )

@@ -7,7 +7,7 @@ Run it (``pip install 'resilient-db[fastapi,prometheus]' uvicorn``)::
 
 What it shows:
 
-* the lifespan creates the engine and the ``Database`` and disposes of them at shutdown;
+* the lifespan creates the engine and the ``Database`` and closes them at shutdown;
 * ``Session`` runs a request as one unit of work, committed before the response is sent;
 * ``AccountsDep`` is a repository whose ``@transactional`` methods retry whole;
 * the exception handlers turn an open breaker into 503 + ``Retry-After``, a deadline into
@@ -96,12 +96,14 @@ def create_app(
     *,
     engine_options: dict[str, Any] | None = None,
     registry: Any = None,
+    instrument_with: list[Any] | None = None,
     **database_options: Any,
 ) -> FastAPI:
     """The app for ``url``; ``database_options`` go to ``Database(...)`` (retry, breaker,
     deadline, listeners...); ``registry`` is the Prometheus registry served at /metrics
-    (default: ``prometheus_client.REGISTRY``) when the [prometheus] extra is installed."""
-    instrument: list[Any] = []
+    (default: ``prometheus_client.REGISTRY``) when the [prometheus] extra is installed;
+    ``instrument_with``: more telemetry factories (e.g. ``[OpenTelemetry]``)."""
+    instrument: list[Any] = list(instrument_with or ())
     try:
         import prometheus_client
 

@@ -43,6 +43,7 @@ from resilient_db.engine import (
 # [engine]
 # [classifier]
 # [policies]
+from resilient_db.fleet import FleetEvent, FleetStatistics, RedisBreakerStore
 from resilient_db.policies import (
     BreakerEvent,
     BreakerListener,
@@ -120,12 +121,15 @@ __all__ = [
     "ErrorKind",
     "Finding",
     "FleetDecision",
+    "FleetEvent",
+    "FleetStatistics",
     "KeyRecord",
     "KeyState",
     "Ledger",
     "LocalBreakerStore",
     "MissingDriverError",
     "Phase",
+    "RedisBreakerStore",
     "ResilientDBError",
     "RetryBudget",
     "RetryDecision",

@@ -26,6 +26,7 @@ from resilient_db.chaos import (
     by_name,
     format_scenario,
     format_summary,
+    render_html,
     run,
     to_json,
     write_junit,
@@ -204,11 +205,12 @@ def test_cli_lists_rejects_and_refuses(capsys: pytest.CaptureFixture[str]) -> No
     assert "cannot import" in capsys.readouterr().err
 
 
-QUICK = {"before": 0.5, "during": 1.5, "after": 1.5}
+QUICK = {"before": 1.0, "during": 1.5, "after": 1.5}
 
 
 async def test_quick_run_on_real_faults(pg_url: str, tmp_path: Path) -> None:
-    settings = Settings(url=pg_url, **QUICK)  # type: ignore[arg-type]
+    secret = pg_url.replace("postgres@", "postgres:pw-s3cr3t@", 1)  # trust auth ignores it
+    settings = Settings(url=secret, **QUICK)  # type: ignore[arg-type]
     with anyio.fail_after(60):
         report = await run(
             TRANSFER, by_name(["baseline", "down", "terminate_backends"]), settings=settings
@@ -226,6 +228,7 @@ async def test_quick_run_on_real_faults(pg_url: str, tmp_path: Path) -> None:
         *BUILTIN_INVARIANTS,
         "money_conserved",
     }
+    assert "pw-s3cr3t" not in json.dumps(data) + render_html(report) + text  # never printed
     write_junit(report, tmp_path / "junit.xml")
     suite = ET.parse(tmp_path / "junit.xml").getroot()
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "0", "0")
@@ -253,7 +256,7 @@ async def _lose_an_op(ctx: FaultContext) -> AsyncIterator[None]:
 
 async def test_the_run_fails_when_the_ledger_is_broken(pg_url: str) -> None:
     scenario = Scenario(name="lose", summary="deletes one acknowledged op", fault=_lose_an_op)
-    settings = Settings(url=pg_url, before=0.5, during=0.3, after=0.3, fail_fast=True)
+    settings = Settings(url=pg_url, before=1.0, during=0.3, after=0.5, fail_fast=True)
     with anyio.fail_after(30):
         report = await run(TRANSFER, [scenario, by_name(["baseline"])[0]], settings=settings)
     (result,) = report.results  # --fail-fast: stopped after the failure

@@ -23,7 +23,7 @@ __all__ = ["chaos"]  # the fixture, used below
 
 SAMPLE = Path(__file__).parent / "sample_project"
 CLI = Path(sys.executable).with_name("resilient-db")
-PHASES = ["--phase", "0.5", "2", "1.5"]
+PHASES = ["--phase", "1", "2", "1.5"]
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +118,10 @@ def shop_path(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_the_pytest_fixture_gives_the_verdict(chaos: ChaosFixture, pg_url: str) -> None:
     kill = "terminate_backends"
     result = await chaos.check(
-        "shop.chaos:workload", kill, url=pg_url, before=0.5, during=2.0, after=1.5
+        "shop.chaos:workload", kill, url=pg_url, before=1.0, during=2.0, after=1.5
     )
     assert result.status == "PASS"
     with pytest.raises(pytest.fail.Exception, match="one_email_per_order"):
         await chaos.check(
-            "shop.chaos:mailing_per_attempt", kill, url=pg_url, before=0.5, during=2.0, after=1.5
+            "shop.chaos:mailing_per_attempt", kill, url=pg_url, before=1.0, during=2.0, after=1.5
         )

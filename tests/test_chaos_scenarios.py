@@ -80,3 +80,16 @@ async def test_cluster_scenarios_with_an_external_toxiproxy(pg_url: str) -> None
         (restart,) = report.results
         assert restart.status == "PASS", format_scenario(restart)
         assert set(ToxiproxyClient(server.url).proxies()) == {"postgres"}  # ours deleted
+
+
+async def test_packet_level_faults_in_a_namespace_of_our_own(pg_url: str) -> None:
+    report = await _run(pg_url, ["packet_black_hole", "packet_loss"])
+    black_hole, loss = report.results
+    if black_hole.status == "SKIP":
+        pytest.skip(black_hole.reason or "no network namespaces here")
+    assert black_hole.status == "PASS", format_scenario(black_hole)
+    assert loss.status in ("PASS", "SKIP"), format_scenario(loss)
+    if loss.status == "SKIP":
+        assert "netem" in (loss.reason or "")
+    listed = await anyio.run_process(["ip", "netns", "list"])
+    assert f"rdbc{report.environment['run_id']}"[:12] not in listed.stdout.decode()  # deleted

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from resilient_db import Category, Classification, ErrorKind, Phase, classify
+from resilient_db.testing import free_port
 
 DRIVERS = ("asyncpg", "sa_asyncpg", "sa_psycopg")
 WAIT = 20.0  # bound on every wait in this module
@@ -262,12 +263,6 @@ async def wait_active(mon: asyncpg.Connection, pid: int, what: str = "active") -
     else:  # gone
         sql = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
     await wait_for(mon, sql, pid)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def with_host(dsn: str, host: str, port: int | None = None) -> str:

@@ -21,8 +21,9 @@ import pytest
 from resilient_db import ResilientDBError
 from resilient_db.testing import ClusterPair, PgCluster, PgClusterError, find_pg_bindir
 from resilient_db.testing._procs import alive as _alive
+from resilient_db.testing._procs import children, kill_tree, read_pid, reaped, wait_gone
+from resilient_db.testing._reaper import start_watchdog
 
-# The suite's root conftest may register this plugin too; pytest loads it once.
 pytestmark = pytest.mark.cluster
 
 TABLE = "rdb_test_cluster_rows"
@@ -327,3 +328,54 @@ def test_clusters_of_a_killed_test_process_are_cleaned_up() -> None:
         for stream in (owner.stdin, owner.stdout):
             if stream is not None:
                 stream.close()
+
+
+# --------------------------------------------------------------------------- process tools
+
+
+def _tree() -> subprocess.Popen[bytes]:
+    """A parent shell with two sleeping children, like a postmaster and its backends."""
+    return subprocess.Popen(["/bin/sh", "-c", "sleep 60 & sleep 60 & wait"], start_new_session=True)
+
+
+def test_process_tree_helpers_find_and_kill_every_child() -> None:
+    parent = _tree()
+    try:
+        deadline = time.monotonic() + 10
+        while len(children(parent.pid)) < 2:
+            assert time.monotonic() < deadline, "the children did not start"
+            time.sleep(0.01)  # bounded poll
+        kids = children(parent.pid)
+        assert all(_alive(k) for k in kids)
+        victims = kill_tree(parent.pid)
+        assert set(victims) == {parent.pid, *kids}
+        parent.wait(timeout=10)  # reap our child: a zombie is not alive, but not reaped
+        assert wait_gone(victims, 10.0)
+        assert reaped(parent.pid)
+        assert kill_tree(parent.pid) == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(timeout=10)
+
+
+def test_watchdog_module_kills_the_server_and_removes_the_directory(tmp_path: Path) -> None:
+    # A stand-in postmaster: the watchdog reads its pid from postmaster.pid, as for a server.
+    root = tmp_path / "scratch"
+    datadir = root / "data"
+    datadir.mkdir(parents=True)
+    server = _tree()
+    (datadir / "postmaster.pid").write_text(f"{server.pid}\n{datadir}\n", encoding="ascii")
+    assert read_pid(datadir) == server.pid
+    watchdog = start_watchdog(datadir, root)
+    try:
+        assert watchdog.stdin is not None
+        watchdog.stdin.close()  # as when the test process dies: EOF on the pipe
+        assert watchdog.wait(timeout=30) == 0
+        server.wait(timeout=10)
+        assert not root.exists()
+    finally:
+        for proc in (server, watchdog):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)

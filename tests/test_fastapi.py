@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -20,6 +17,7 @@ from resilient_db import (
     CircuitOpenError,
     CommitOutcomeUnknown,
     DeadlineExceeded,
+    ResilientDBError,
     RetryPolicy,
 )
 from resilient_db.integrations import PROBLEM_JSON, problem_for
@@ -29,34 +27,19 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed (the test ex
 
 from fastapi import Request  # noqa: E402
 
-from examples.fastapi_app import SCHEMA_SQL, create_app  # noqa: E402
+from examples.fastapi_app import create_app  # noqa: E402
 from resilient_db.integrations.fastapi import (  # noqa: E402
     SUPPORTS_DEPENDENCY_SCOPE,
     get_database,
     unit_of_work,
 )
+from tests._shop import shop_url  # noqa: E402, F401  (the fixture)
 from tests._uvicorn import serve  # noqa: E402
 
 FAST_RETRY = RetryPolicy(attempts=2, initial=0.01, max_backoff=0.02)
 
 
-@pytest.fixture
-def shop_url(admin_conn: psycopg.Connection[tuple[object, ...]], pg_url: str) -> Iterator[str]:
-    """A database of its own with the example's table and two accounts (dropped after)."""
-    name = f"rdb_fastapi_{secrets.token_hex(3)}"
-    admin_conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(pg_url).set(database=name)
-    try:
-        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(SCHEMA_SQL)
-            conn.execute("INSERT INTO account VALUES (1, 100), (2, 100)")
-        yield url.render_as_string(hide_password=False)
-    finally:
-        admin_conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def test_example_app_serves_reads_writes_and_readiness(shop_url: str) -> None:
+async def test_example_app_serves_reads_writes_and_readiness(shop_url: str) -> None:  # noqa: F811
     app = create_app(shop_url, retry=FAST_RETRY)
     async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
         assert (await client.get("/accounts/1")).json() == {"id": 1, "balance": 100}
@@ -82,26 +65,30 @@ async def test_example_app_serves_reads_writes_and_readiness(shop_url: str) -> N
         assert again.headers["content-type"] != PROBLEM_JSON
 
 
-async def test_lifespan_disposes_of_the_engine_at_shutdown(shop_url: str) -> None:
+async def test_lifespan_disposes_of_the_engine_at_shutdown(shop_url: str) -> None:  # noqa: F811
     app = create_app(shop_url)
     seen: dict[str, Any] = {}
 
     @app.get("/pool")
     async def pool(request: Request) -> dict[str, int]:
         db = get_database(request)
-        seen["engine"] = db.engine
+        seen["engine"], seen["db"] = db.engine, db
         async with db.transaction() as session:
             await session.execute(text("SELECT 1"))
         return {"checked_in": db.engine.pool.checkedin()}  # type: ignore[attr-defined]
 
     async with serve(app) as base, httpx.AsyncClient(base_url=base) as client:
         assert (await client.get("/pool")).json()["checked_in"] >= 1
-    # After shutdown the pool holds no connection.
+    # After shutdown the pool holds no connection and the Database is closed (aclose()).
     assert seen["engine"].pool.checkedin() == 0
+    with pytest.raises(ResilientDBError, match=r"closed by aclose\(\)"):
+        async with seen["db"].transaction():
+            pass
 
 
 async def test_errors_become_problem_details(
-    shop_url: str, caplog: pytest.LogCaptureFixture
+    shop_url: str,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="resilient_db")
     app = create_app(shop_url, retry=FAST_RETRY, breaker=None)
@@ -186,7 +173,8 @@ def test_dependency_scope_follows_the_installed_fastapi() -> None:
 
 
 async def test_outage_through_the_fault_proxy_503_with_retry_after_then_200(
-    shop_url: str, toxiproxy_postgres: Any
+    shop_url: str,  # noqa: F811
+    toxiproxy_postgres: Any,
 ) -> None:
     proxied = toxiproxy_postgres(shop_url)
     breaker = CircuitBreaker(
@@ -280,3 +268,82 @@ def test_bad_configuration_is_refused_with_the_one_message_format(pg_url: str) -
     bare = StarletteRequest({"type": "http", "state": {}})
     with pytest.raises(ConfigurationError, match=r"lifespan=database_lifespan\(url\)"):
         get_database(bare)
+
+
+async def test_idempotency_key_header_applies_a_request_once(shop_url: str) -> None:  # noqa: F811
+    import anyio
+    from sqlalchemy.ext.asyncio import create_async_engine as sa_engine
+
+    from resilient_db import create_ledger
+
+    setup = sa_engine(shop_url)
+    try:
+        await create_ledger(setup)
+    finally:
+        await setup.dispose()
+    app = create_app(shop_url, retry=FAST_RETRY)
+    move = {"src": 1, "dst": 2, "amount": 10}
+    async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        first = await client.post("/transfers", json=move, headers={"Idempotency-Key": "k-1"})
+        assert first.status_code == 200, first.text
+        again = await client.post("/transfers", json=move, headers={"Idempotency-Key": "k-1"})
+        assert again.status_code == 409, again.text
+        assert again.headers["content-type"] == PROBLEM_JSON
+        assert again.json()["type"] == "urn:resilient-db:problem:already-applied"
+        answers: list[int] = []
+
+        async def send() -> None:
+            sent = await client.post("/transfers", json=move, headers={"Idempotency-Key": "k-2"})
+            answers.append(sent.status_code)
+
+        async with anyio.create_task_group() as tg:  # the same key, concurrently
+            for _ in range(4):
+                tg.start_soon(send)
+        assert sorted(answers) == [200, 409, 409, 409], answers
+        other = await client.post("/transfers", json=move)  # no key: applied as usual
+        assert other.status_code == 200
+        bad = await client.post("/transfers", json=move, headers={"Idempotency-Key": "a b"})
+        assert bad.status_code == 400
+        balance = (await client.get("/accounts/1")).json()["balance"]
+    assert balance == 100 - 3 * 10  # k-1 once, k-2 once, the unkeyed one
+
+
+@pytest.mark.slow
+async def test_commit_lost_in_doubt_is_a_500_problem_with_the_xid(
+    shop_url: str,  # noqa: F811
+) -> None:
+    from tests._relay import relay_to
+
+    url = make_url(shop_url)
+    async with relay_to(url.host or "127.0.0.1", url.port or 5432) as relay:
+        proxied = url.set(host="127.0.0.1", port=relay.port).render_as_string(False)
+        app = create_app(
+            proxied,
+            retry=FAST_RETRY,
+            breaker=None,
+            deadline=1.0,
+            resolve_timeout=0.5,
+            cleanup_timeout=0.5,
+            engine_options={"command_timeout": 30, "connect_timeout": 30},
+        )
+
+        request_unit = unit_of_work()
+
+        @app.post("/bump")
+        async def bump(session: Any = request_unit) -> dict[str, str]:
+            await session.execute(text("UPDATE account SET balance = balance + 1 WHERE id = 1"))
+            relay.cut_commit = "after"  # the server commits; the answer never arrives...
+            relay.black_hole_after_cut = True  # ...and nothing else does either
+            return {"never": "sent"}
+
+        try:
+            async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=20) as c:
+                answer = await c.post("/bump")
+                relay.black_hole.clear()
+        finally:
+            relay.black_hole.clear()
+    assert answer.status_code == 500, answer.text
+    assert answer.headers["content-type"] == PROBLEM_JSON
+    problem = answer.json()
+    assert problem["type"] == "urn:resilient-db:problem:commit-outcome-unknown"
+    assert isinstance(problem["xid"], int)

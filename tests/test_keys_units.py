@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -30,20 +30,8 @@ def _takes_key(fn: Callable[..., Any]) -> bool:
 
 
 needs_run_key = pytest.mark.skipif(
-    not (_takes_key(Database.run) or _takes_key(Database.with_options)),
-    reason="neither db.run(..., key=...) nor db.with_options(key=...) is wired yet",
+    not _takes_key(Database.run), reason="db.run(..., key=...) is not wired yet"
 )
-
-
-def keyed(db: Database) -> Callable[..., Awaitable[Any]]:
-    """``run(fn, *args, key=...)`` through whichever form the Database offers."""
-    if _takes_key(Database.run):
-        plain: Any = db.run
-        return lambda fn, *args, key: plain(fn, *args, key=key)
-    with_options: Any = db.with_options
-    return lambda fn, *args, key: with_options(key=key).run(fn, *args)
-
-
 needs_transaction_key = pytest.mark.skipif(
     not _takes_key(Database.transaction), reason="db.transaction(key=...) is not wired yet"
 )
@@ -90,7 +78,8 @@ def _insert(table: str) -> Callable[[AsyncSession, str], Any]:
 
 @needs_run_key
 async def test_run_with_the_same_key_twice_applies_once(engine: AsyncEngine, table: str) -> None:
-    run = keyed(Database(engine))
+    db = Database(engine)
+    run: Any = db.run
     key = f"k-{secrets.token_hex(4)}"
     assert await run(_insert(table), "first", key=key) == {"op": "first"}
     assert await run(_insert(table), "second", key=key) == {"op": "first"}  # stored result
@@ -101,7 +90,8 @@ async def test_run_with_the_same_key_twice_applies_once(engine: AsyncEngine, tab
 async def test_run_with_the_same_key_concurrently_applies_once(
     engine: AsyncEngine, table: str
 ) -> None:
-    run = keyed(Database(engine))
+    db = Database(engine)
+    run: Any = db.run
     key = f"k-{secrets.token_hex(4)}"
     results: list[Any] = []
 
@@ -120,8 +110,8 @@ async def test_run_with_the_same_key_concurrently_applies_once(
 async def test_without_a_stored_result_the_second_call_raises_already_applied(
     engine: AsyncEngine, table: str
 ) -> None:
-    make: Any = Database
-    run = keyed(make(engine, ledger=Ledger(store_results=False)))
+    db = Database(engine, ledger=Ledger(store_results=False))
+    run: Any = db.run
     key = f"k-{secrets.token_hex(4)}"
     await run(_insert(table), "first", key=key)
     with pytest.raises(AlreadyApplied) as info:
@@ -139,7 +129,8 @@ async def test_a_lost_commit_with_a_key_is_settled(
     async with relay_to(url.host or "127.0.0.1", url.port or 5432) as relay:
         proxied = create_async_engine(url.set(host="127.0.0.1", port=relay.port), pool_size=2)
         try:
-            run = keyed(Database(proxied, breaker=None))
+            db = Database(proxied, breaker=None)
+            run: Any = db.run
             calls = 0
 
             async def body(session: AsyncSession, op: str) -> dict[str, str]:

@@ -27,7 +27,7 @@ from resilient_db import (
     create_async_engine,
 )
 from tests._relay import relay_to
-from tests._unit_events import run_unit
+from tests._shop import shop_url  # noqa: F401  (the fixture)
 
 pytest.importorskip("opentelemetry.sdk", reason="opentelemetry-sdk is not installed (test extra)")
 
@@ -126,7 +126,7 @@ async def test_unit_that_retried_once(otel: Otel, engine: Any, pg_url: str) -> N
             )
         return int((await session.execute(text("SELECT 7"))).scalar_one())
 
-    assert await run_unit(db, body, events) == 7
+    assert await db.run(body) == 7
     assert calls == 2
     span = _by_name(otel.spans.get_finished_spans(), "orders.place")
     attrs = dict(span.attributes or {})
@@ -197,10 +197,10 @@ async def test_unit_refused_by_an_open_breaker(otel: Otel, pg_url: str) -> None:
             await session.execute(text("SELECT 1"))
 
         with pytest.raises(OSError):
-            await run_unit(db, body, events)
+            await db.run(body)
         assert breaker.state.value == "open"
         with pytest.raises(CircuitOpenError):
-            await run_unit(db, body, events)
+            await db.run(body)
     finally:
         await dead.dispose()
     first, refused = [s for s in otel.spans.get_finished_spans() if s.name == "reports.read"]
@@ -242,7 +242,7 @@ async def test_unit_whose_commit_was_resolved(otel: Otel, table: str, pg_dsn: st
                 relay.cut_commit = "after"  # the server commits; the client never hears it
                 return "done"
 
-            assert await run_unit(db, insert, events) == "done"
+            assert await db.run(insert) == "done"
         finally:
             await eng.dispose()
     assert relay.cuts == 1
@@ -292,9 +292,35 @@ async def test_pool_timeouts_and_connections_by_state(otel: Otel, pg_url: str) -
             }
             assert used == {"idle": 0, "used": 1}
             with pytest.raises(Exception, match="QueuePool limit"):
-                await run_unit(db, lambda s: s.execute(text("SELECT 1")), events)
+                await db.run(lambda s: s.execute(text("SELECT 1")))
     finally:
         await eng.dispose()
     assert [e.category for e in events if e.event == "unit.attempt_failed"] == ["pool_exhausted"]
     timeouts = otel.points("db.client.connection.timeouts")
     assert [p.value for _, p in timeouts] == [1]
+
+
+async def test_request_unit_span_is_named_after_the_route(
+    otel: Otel,
+    shop_url: str,  # noqa: F811
+) -> None:
+    pytest.importorskip("fastapi", reason="fastapi is not installed (the [fastapi] extra)")
+    httpx = pytest.importorskip("httpx", reason="httpx is not installed (the test extra)")
+    import functools
+
+    from examples.fastapi_app import create_app
+    from tests._uvicorn import serve
+
+    telemetry = functools.partial(
+        OpenTelemetry, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
+    )
+    app = create_app(shop_url, instrument_with=[telemetry])
+    async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        moved = await client.post("/transfers", json={"src": 1, "dst": 2, "amount": 5})
+        assert moved.status_code == 200, moved.text
+    span = _by_name(otel.spans.get_finished_spans(), "POST /transfers")
+    attrs = dict(span.attributes or {})
+    assert attrs["resilient_db.attempts"] == 1
+    assert span.status.status_code is not StatusCode.ERROR
+    durations = {a["resilient_db.unit"] for a, _ in otel.points("resilient_db.unit.duration")}
+    assert "POST /transfers" in durations

@@ -24,9 +24,8 @@ from examples.fastapi_app import create_app  # noqa: E402
 from resilient_db.integrations._telemetry import METRICS  # noqa: E402
 from resilient_db.integrations.fastapi import get_database  # noqa: E402
 from resilient_db.integrations.prometheus import prometheus_name  # noqa: E402
-from tests._unit_events import run_unit  # noqa: E402
+from tests._shop import shop_url  # noqa: E402, F401  (the fixture)
 from tests._uvicorn import serve  # noqa: E402
-from tests.test_fastapi import shop_url  # noqa: E402, F401  (the fixture)
 
 FAST = RetryPolicy(attempts=3, initial=0.01, max_backoff=0.02)
 
@@ -69,7 +68,7 @@ async def test_metrics_endpoint_shows_real_calls(shop_url: str) -> None:  # noqa
             return calls
 
         db = get_database(request).with_options(name="shop.flaky")
-        return {"calls": await run_unit(db, body, events)}
+        return {"calls": await db.run(body)}
 
     async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
         assert (await client.get("/accounts/1")).status_code == 200

@@ -49,6 +49,8 @@ FUNCTION_ALLOW: dict[str, str] = {
     "resilient_db/policies/_retry.py:RetryLoop.__init__": "being split under #9/#11/#12",
     "resilient_db/policies/_retry.py:RetryLoop.backoff": "being split under #9/#11/#12",
     "resilient_db/units/_database.py:Database.__init__": "being split under #9/#11/#12",
+    # arrived over the limit while the others split (stack engineer); to be split too
+    "resilient_db/integrations/fastapi.py:unit_of_work": "being split under #9/#11/#12",
 }
 
 #: Import cycles allowed for now (the modules of each, sorted), each with the reason.
@@ -74,9 +76,14 @@ PRIVATE_IMPORT_ALLOW: dict[str, str] = {}
 SA_PRIVATE_ALLOW: dict[str, str] = {
     # being split under #9/#11/#12: needs its "# no public API:" comment (engine owner)
     "resilient_db/engine/_pool_policy.py:_pre_ping": "being split under #9/#11/#12",
+    # being split under #9/#11/#12: engine_settings(engine) has both for our own engines
+    "resilient_db/engine/_doctor_checks.py:_max_overflow": "being split under #9/#11/#12",
+    "resilient_db/engine/_doctor_checks.py:_recycle": "being split under #9/#11/#12",
 }
 
-_SA_PRIVATE = re.compile(r"\.(_pre_ping|_recycle|_max_overflow)\b")
+_SA_PRIVATE = re.compile(
+    r"""(?:\.|(?:getattr|setattr|hasattr)\([^,]+,\s*["'])(_pre_ping|_recycle|_max_overflow)\b"""
+)
 _NO_PUBLIC_API = "# no public API:"
 
 
@@ -402,6 +409,9 @@ def test_no_sqlalchemy_private_pool_attributes_without_a_reason() -> None:
         ("pool._pre_ping = False  # no public API: pool_pre_ping is fixed at creation", True),
         ("x = engine.pool._recycle", False),
         ("x = self._recycled", True),
+        ('ping = getattr(pool, "_pre_ping", False)', False),
+        ("setattr(pool, '_max_overflow', 3)", False),
+        ('size = getattr(pool, "size")', True),
     ],
 )
 def test_the_private_attribute_check_can_fail(line: str, ok: bool) -> None:

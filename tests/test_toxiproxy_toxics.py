@@ -89,9 +89,9 @@ async def test_latency_on_warm_asyncpg_statement(
         base = statistics.median([await timed() for _ in range(5)])
         await client.add_toxic("p", type="latency", attributes={"latency": 100})  # open conn
         slow = statistics.median([await timed() for _ in range(3)])
-        assert 0.1 <= slow - base < 0.2, (base, slow)
+        assert 0.1 <= slow - base < 0.5, (base, slow)  # generous upper bound: a loaded CI
         await client.remove_toxic("p", "latency_downstream")
-        assert await timed() < 0.05
+        assert min([await timed() for _ in range(3)]) < 0.09  # the 100 ms are gone
     finally:
         await conn.close(timeout=5)
 

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from resilient_db._errors import ConfigurationError
 from resilient_db.chaos._admin import Admin, admin_dsn
+from resilient_db.chaos._netns import RELAY_PORT, NetNamespace, netem_missing, netns_missing
 from resilient_db.chaos._pgbouncer import PgBouncer, pgbouncer_missing
 from resilient_db.chaos._scenarios import Scenario
 from resilient_db.chaos._settings import Settings, check_loopback, redact
@@ -44,6 +45,7 @@ class Target:
     primary: PgCluster | None = None
     standby: PgCluster | None = None
     pgbouncer: PgBouncer | None = None
+    netns: NetNamespace | None = None
 
     async def sessions(self, app_name: str) -> int:
         """Open sessions of the workload: PgBouncer clients, or server backends."""
@@ -76,6 +78,7 @@ class Environment:
         self.proxy_name = settings.proxy_name
         self.info: dict[str, Any] = {}
         self.run_id = secrets.token_hex(3)
+        self._namespaces = 0
 
     async def __aenter__(self) -> Environment:
         s = self.settings
@@ -142,6 +145,10 @@ class Environment:
         if scenario.needs == "multihost":
             url = self._multihost_url(5432, 5433)
             return multihost_refusal(url)
+        if scenario.needs == "netns":
+            return netns_missing()
+        if scenario.needs == "netns_netem":
+            return netem_missing()
         return None
 
     def _multihost_url(self, p1: int, p2: int) -> str:
@@ -155,6 +162,10 @@ class Environment:
     async def target(self, scenario: Scenario) -> AsyncIterator[Target]:
         """The target of ``scenario`` (private servers made here and destroyed after)."""
         assert self.client is not None
+        if scenario.needs.startswith("netns"):
+            async with self._netns_target(scenario) as target:
+                yield target
+            return
         if scenario.needs not in _CLUSTERS:
             await self._clean(self.proxy_name)
             info = await self.client.get_proxy(self.proxy_name)
@@ -169,6 +180,31 @@ class Environment:
         async with AsyncExitStack() as stack:
             primary, standby = await _clusters(stack, scenario.needs)
             yield await self._cluster_target(stack, scenario, primary, standby)
+
+    @asynccontextmanager
+    async def _netns_target(self, scenario: Scenario) -> AsyncIterator[Target]:
+        assert self.client is not None
+        url = self.settings.database_url
+        db = make_url(url)
+        self._namespaces += 1
+        ns = NetNamespace(self.run_id, self._namespaces)
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(_in_thread(ns.destroy))
+            await anyio.to_thread.run_sync(ns.create)
+            name = f"chaos_{self.run_id}_{scenario.name}"
+            info = await self.client.create_proxy(
+                name=name,
+                upstream=f"{db.host or '127.0.0.1'}:{db.port or 5432}",
+                listen=f"{ns.host_ip}:0",
+            )
+            stack.push_async_callback(self.client.delete_proxy, name)
+            await anyio.to_thread.run_sync(ns.start_relay, f"{ns.host_ip}:{info.listen_port}")
+            yield Target(
+                admin=Admin(admin_dsn(url)),
+                engine_url=self._via(url, RELAY_PORT, ns.ns_ip),
+                direct_url=url,
+                netns=ns,
+            )
 
     async def _cluster_target(
         self, stack: AsyncExitStack, scenario: Scenario, primary: PgCluster, standby: Any

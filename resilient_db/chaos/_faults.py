@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 
 from resilient_db.chaos._admin import Admin
+from resilient_db.chaos._netns import NetNamespace
 from resilient_db.chaos._pgbouncer import PgBouncer
 from resilient_db.testing import PgCluster
 from resilient_db.toxiproxy import AsyncToxiproxyClient
@@ -35,6 +36,7 @@ class FaultContext:
     primary: PgCluster | None = None
     standby: PgCluster | None = None
     pgbouncer: PgBouncer | None = None
+    netns: NetNamespace | None = None
     notes: list[str] = field(default_factory=list)
 
     def require_proxy(self) -> AsyncToxiproxyClient:
@@ -273,3 +275,32 @@ async def pgbouncer_promotion(ctx: FaultContext) -> AsyncIterator[None]:
             await _thread(lambda: bouncer.console("RECONNECT"))
             ctx.promoted(standby)
             ctx.notes.append("standby promoted, PgBouncer re-pointed (RELOAD) and RECONNECT")
+
+
+def _namespace(ctx: FaultContext) -> NetNamespace:
+    assert ctx.netns is not None, "scenario needs a network namespace"
+    return ctx.netns
+
+
+@asynccontextmanager
+async def packet_black_hole(ctx: FaultContext) -> AsyncIterator[None]:
+    """The namespace's end of the veth down: the peer stops acknowledging (no RST, no FIN)."""
+    ns = _namespace(ctx)
+    await _thread(lambda: ns.link(False))
+    try:
+        yield
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _thread(lambda: ns.link(True))
+
+
+@asynccontextmanager
+async def packet_loss(ctx: FaultContext) -> AsyncIterator[None]:
+    """``tc netem`` 20 % packet loss on both ends of the veth."""
+    ns = _namespace(ctx)
+    await _thread(lambda: ns.netem(["loss", "20%"]))
+    try:
+        yield
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _thread(lambda: ns.netem(None))

@@ -113,6 +113,7 @@ async def _with_tables(
         primary=target.primary,
         standby=target.standby,
         pgbouncer=target.pgbouncer,
+        netns=target.netns,
     )
     if workload.setup is not None:
         async with direct_engine(target.direct_url) as engine, engine.begin() as conn:

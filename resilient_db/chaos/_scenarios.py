@@ -7,7 +7,9 @@
 * ``cluster`` / ``standby`` — a private PostgreSQL cluster (and its synchronous standby);
 * ``multihost`` — a private primary and standby, the engine given both hosts in one URL;
 * ``pgbouncer`` / ``pgbouncer_standby`` — a private PgBouncer (transaction pooling) in front
-  of a private cluster (and its standby).
+  of a private cluster (and its standby);
+* ``netns`` / ``netns_netem`` — a network namespace of the engine's own between the workload
+  and the database (root, ``ip netns``; ``tc netem`` for the second).
 
 ``processes`` > 0 makes it a fleet scenario: that many worker processes.
 """
@@ -27,7 +29,15 @@ from resilient_db.chaos._model import Check, OpRecord
 __all__ = ["SCENARIOS", "Expect", "Observed", "Scenario", "by_name"]
 
 Needs = Literal[
-    "proxy", "server", "cluster", "standby", "multihost", "pgbouncer", "pgbouncer_standby"
+    "proxy",
+    "server",
+    "cluster",
+    "standby",
+    "multihost",
+    "pgbouncer",
+    "pgbouncer_standby",
+    "netns",
+    "netns_netem",
 ]
 
 
@@ -262,6 +272,20 @@ SCENARIOS: tuple[Scenario, ...] = (
         "(25006), standby promoted, RELOAD + RECONNECT",
         fault=f.pgbouncer_promotion,
         needs="pgbouncer_standby",
+        expect=_healthy,
+    ),
+    Scenario(
+        name="packet_black_hole",
+        summary="network namespace: the peer stops acknowledging (veth down), no RST/FIN",
+        fault=f.packet_black_hole,
+        needs="netns",
+        expect=_healthy,
+    ),
+    Scenario(
+        name="packet_loss",
+        summary="network namespace: 20 % packet loss both ways (tc netem)",
+        fault=f.packet_loss,
+        needs="netns_netem",
         expect=_healthy,
     ),
     Scenario(

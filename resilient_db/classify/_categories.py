@@ -48,7 +48,7 @@ class Category(StrEnum):
     OVERLOAD = "overload"
     TIMEOUT = "timeout"
     STATEMENT_TIMEOUT = "statement_timeout"
-    """The server's ``statement_timeout`` cancelled the statement: retried at most once."""
+    """The server's ``statement_timeout`` cancelled the statement: retry at most once."""
     ADMIN_CANCEL = "admin_cancel"
     """``pg_cancel_backend`` (an administrator or another session): never retried."""
     # -- concurrency

@@ -290,7 +290,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         category=Category.STATEMENT_TIMEOUT,
         max_retries=1,
         reason=(
-            "the server's statement_timeout cancelled the statement; retried at most once "
+            "the server's statement_timeout cancelled the statement; retry at most once "
             "(a slow plan or a lock wait may pass on a second try, a third would repeat "
             "it): make the statement faster or raise statement_timeout"
         ),

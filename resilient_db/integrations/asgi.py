@@ -15,7 +15,6 @@ ASGI mode...); :mod:`resilient_db.integrations.fastapi` builds on it.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 from collections.abc import (
@@ -62,14 +61,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _NOT_READY: Final = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN})
 
 
-async def _close(db: Database) -> None:
-    aclose = getattr(db, "aclose", None)
-    if aclose is not None and inspect.iscoroutinefunction(aclose):
-        await aclose()
-    else:  # a Database without aclose(): the engine is ours, dispose of it
-        await db.engine.dispose()
-
-
 @contextlib.asynccontextmanager
 async def open_database(
     url: str | URL,
@@ -79,7 +70,9 @@ async def open_database(
     **database_options: Any,
 ) -> AsyncIterator[Database]:
     """``async with open_database(url) as db:`` — an engine (:func:`create_async_engine`
-    with ``engine_options``) and a ``Database(engine, **database_options)``, closed on exit.
+    with ``engine_options``) and a ``Database(engine, **database_options)``, closed on exit
+    with ``await db.aclose()`` (background COMMIT resolutions finish, bounded; the engine is
+    disposed of).
 
     ``instrument``: telemetry factories called with the engine, e.g.
     ``[OpenTelemetry, PrometheusMetrics]``; each becomes a listener of the ``Database``,
@@ -102,7 +95,7 @@ async def open_database(
         yield db
     finally:
         try:
-            await _close(db)
+            await db.aclose()  # waits (bounded) for background COMMIT resolutions, disposes
         finally:
             _close_instruments(instruments)
 
@@ -126,7 +119,7 @@ def database_lifespan(
 
     At startup it creates the engine and the ``Database`` (as :func:`open_database`); the
     ``Database`` is shared through the lifespan state as ``request.state.<state_key>``; at
-    shutdown the engine is disposed of. ``instrument`` as for :func:`open_database`.
+    shutdown it is closed (``await db.aclose()``). ``instrument`` as for :func:`open_database`.
     Configuration errors surface at startup, not at the first request.
     """
     if not isinstance(state_key, str) or not state_key.isidentifier():

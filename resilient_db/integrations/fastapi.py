@@ -42,10 +42,11 @@ its transaction; for a retried unit per call, use them without ``unit_of_work``.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final, Literal, TypeVar
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -70,6 +71,7 @@ from resilient_db.integrations.asgi import (
 from resilient_db.units import Database, DeadlineExceeded
 
 __all__ = [
+    "IDEMPOTENCY_KEY",
     "SUPPORTS_DEPENDENCY_SCOPE",
     "add_exception_handlers",
     "add_readiness_route",
@@ -87,6 +89,9 @@ R = TypeVar("R")
 #: True when the installed FastAPI has ``Depends(scope=...)`` (FastAPI >= 0.121).
 SUPPORTS_DEPENDENCY_SCOPE: Final = "scope" in inspect.signature(Depends).parameters
 
+#: The request header whose value becomes the unit's operation key.
+IDEMPOTENCY_KEY: Final = "Idempotency-Key"
+_KEY_CHARS: Final = re.compile(r"[\x21-\x7e]{1,255}")
 _UNSET: Any = object()
 _HANDLED: Final[tuple[type[Exception], ...]] = (
     CircuitOpenError,
@@ -110,29 +115,21 @@ def get_database(request: Request, state_key: str = DEFAULT_STATE_KEY) -> Databa
     return db
 
 
+def _operation_key(unit: str, sent: str, header: str) -> str:
+    if not _KEY_CHARS.fullmatch(sent):
+        raise HTTPException(
+            400, f"{header} must be 1 to 255 visible ASCII characters (e.g. a UUID)"
+        )
+    return f"{unit}|{sent}"
+
+
 def _unit_name(request: Request) -> str:
     route = request.scope.get("route")
     path = getattr(route, "path", None) or request.url.path
     return f"{request.method} {path}"
 
 
-def unit_of_work(
-    *,
-    commit: Literal["before_response", "after_response"] = "before_response",
-    name: str | None = None,
-    deadline: float | None = _UNSET,
-    read_only: bool = _UNSET,
-    idempotent: bool = _UNSET,
-    state_key: str = DEFAULT_STATE_KEY,
-) -> Any:
-    """A dependency giving the request one ``AsyncSession`` in one transaction (a unit of
-    work named ``"<METHOD> <route path>"`` unless ``name`` is given), committed when the
-    endpoint returns, rolled back if it raises (``HTTPException`` included).
-
-    ``commit`` chooses when (see the module documentation); the other options override the
-    ``Database``'s defaults for this unit. Use it as ``Annotated[AsyncSession,
-    unit_of_work()]``.
-    """
+def _check_unit_options(commit: str, name: str | None, idempotency_header: str | None) -> None:
     check_choice(
         "unit_of_work",
         "commit",
@@ -142,6 +139,41 @@ def unit_of_work(
     )
     if name is not None:
         check_text("unit_of_work", "name", name, fix="name='orders.create'")
+    if idempotency_header is not None:
+        check_text(
+            "unit_of_work",
+            "idempotency_header",
+            idempotency_header,
+            fix="idempotency_header='Idempotency-Key' (the default), or None to ignore it",
+        )
+
+
+def unit_of_work(
+    *,
+    commit: Literal["before_response", "after_response"] = "before_response",
+    name: str | None = None,
+    deadline: float | None = _UNSET,
+    read_only: bool = _UNSET,
+    idempotent: bool = _UNSET,
+    idempotency_header: str | None = IDEMPOTENCY_KEY,
+    state_key: str = DEFAULT_STATE_KEY,
+) -> Any:
+    """A dependency giving the request one ``AsyncSession`` in one transaction (a unit of
+    work named ``"<METHOD> <route path>"`` unless ``name`` is given), committed when the
+    endpoint returns, rolled back if it raises (``HTTPException`` included).
+
+    A request carrying an ``Idempotency-Key`` header (``idempotency_header``; ``None`` to
+    ignore it) runs with that operation key, scoped to the unit (``"POST /orders|<key>"``):
+    a client's retry of a request that was applied is not applied again — its unit is
+    rolled back and :class:`~resilient_db.AlreadyApplied` answers 409 (see
+    :func:`add_exception_handlers`). The key ledger must exist (``create_ledger``). A
+    malformed key (empty, over 255 characters, not visible ASCII) is a 400.
+
+    ``commit`` chooses when (see the module documentation); the other options override the
+    ``Database``'s defaults for this unit. Use it as ``Annotated[AsyncSession,
+    unit_of_work()]``.
+    """
+    _check_unit_options(commit, name, idempotency_header)
     options: dict[str, Any] = {
         k: v
         for k, v in (("deadline", deadline), ("read_only", read_only), ("idempotent", idempotent))
@@ -150,7 +182,12 @@ def unit_of_work(
 
     async def session(request: Request) -> AsyncIterator[AsyncSession]:
         db = get_database(request, state_key)
-        async with db.transaction(name=name or _unit_name(request), **options) as active:
+        unit = name or _unit_name(request)
+        keyed = dict(options)
+        sent = request.headers.get(idempotency_header) if idempotency_header else None
+        if sent is not None:
+            keyed["key"] = _operation_key(unit, sent, idempotency_header or "")
+        async with db.transaction(name=unit, **keyed) as active:
             yield active
 
     if SUPPORTS_DEPENDENCY_SCOPE:

@@ -15,8 +15,8 @@ INTERNAL, named after the unit (``Database(name=...)``, ``@transactional``'s qua
 ``server.port``, ``error.type``, ``db.response.status_code`` (the last SQLSTATE) and
 ``resilient_db.*`` attributes: ``attempts``, ``error.kind``, ``error.category``,
 ``breaker.name``, ``breaker.state``, ``commit.outcome``; one ``resilient_db.attempt_failed``
-event per failed attempt. Spans start and end on the library's ``unit.started`` and
-``unit.finished`` events; the per-attempt events need an open unit span.
+event per failed attempt. Spans start and end on the ``unit.started`` and ``unit.finished``
+events of each outermost unit.
 
 **Metrics.** See :data:`resilient_db.integrations._telemetry.METRICS`: unit duration,
 retries, retry delay, breaker state/transitions/rejections/probes, retry-budget tokens and
@@ -38,6 +38,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resilient_db._validate import check_type
+from resilient_db.engine import endpoint_key
 from resilient_db.integrations._telemetry import (
     METRICS,
     MetricSpec,
@@ -88,16 +89,16 @@ class OpenTelemetry:
             AsyncEngine,
             fix="pass the Database's engine: OpenTelemetry(db.engine)",
         )
-        url = engine.url
+        endpoint = endpoint_key(engine)  # multi-host URLs too
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
         self._watched = Watched(pool_name=pool_name(engine), engine=engine)
         self._listening: CircuitBreaker | None = None
         self._base: dict[str, Any] = {
             "db.system.name": "postgresql",
-            "db.namespace": url.database or "",
-            "server.address": url.host or "localhost",
-            "server.port": int(url.port or 5432),
+            "db.namespace": endpoint.database,
+            "server.address": endpoint.host,
+            "server.port": endpoint.port,
         }
         self._open: contextvars.ContextVar[_Open | None] = contextvars.ContextVar(
             f"resilient_db_otel_{id(self)}", default=None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -20,6 +21,8 @@ from resilient_db.toxiproxy._proxy import Proxy, check_address
 from resilient_db.toxiproxy._toxics import ApiError, Toxic, parse_toxic, type_name, update_toxic
 
 __all__ = ["VERSION", "Api"]
+
+logger = logging.getLogger("resilient_db")
 
 #: The Toxiproxy release whose API and semantics this server follows.
 VERSION: Final = "2.12.0"
@@ -120,6 +123,12 @@ class Api:
                         return await endpoint(*args, request.body)
                 except ApiError as exc:
                     return Response.error(exc.status, exc.message)
+                except Exception as exc:  # a bug: answer 500 and keep serving
+                    logger.exception(
+                        "toxiproxy.api_failed",
+                        extra={"event": "toxiproxy.api_failed", "method": request.method},
+                    )
+                    return Response.error(500, f"internal error: {type(exc).__name__}")
         return Response.text(404, "404 page not found")
 
     def _check(self, listen: str, upstream: str, *, at: str = "") -> None:

@@ -113,9 +113,8 @@ async def _receive(
             raise _Reject(exc.error_status_hint, f"malformed HTTP request: {exc}") from None
         if event is h11.NEED_DATA:
             if conn.they_are_waiting_for_100_continue:
-                writer.write(
-                    conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
-                )
+                go_on = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                writer.write(conn.send(go_on) or b"")
             try:
                 async with asyncio.timeout(timeout):
                     data = await reader.read(65536)

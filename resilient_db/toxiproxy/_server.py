@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
+from resilient_db._errors import ConfigurationError
 from resilient_db.toxiproxy._api import VERSION, Api
 from resilient_db.toxiproxy._http import serve_connection
 from resilient_db.toxiproxy._proxy import Accepted, Listener, Proxy, is_loopback, listen_socket
@@ -38,7 +39,9 @@ class ToxiproxyServer:
     Use ``async with ToxiproxyServer(port=0) as server:`` (``server.url``, ``server.port``)
     inside an asyncio event loop, or :meth:`in_thread` from synchronous code. ``config`` is a
     populate array (a list of proxy objects, or the path of a JSON file holding one) applied at
-    start, like ``toxiproxy-server -config``.
+    start, like ``toxiproxy-server -config``. ``strict=True`` answers 400 to likely mistakes
+    the reference accepts (:data:`~resilient_db.toxiproxy.STRICT_CHECKS`); ``idle_timeout``
+    closes API connections silent that long (seconds).
 
     Security: the API has no authentication. It binds to ``127.0.0.1`` by default; binding to
     another address logs a warning and lets anyone who can reach the port reroute traffic.
@@ -55,9 +58,9 @@ class ToxiproxyServer:
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
+            raise ConfigurationError(f"port must be an integer in 0..65535, got {port!r}")
         if not idle_timeout > 0:
-            raise ValueError(f"idle_timeout must be > 0 seconds, got {idle_timeout!r}")
+            raise ConfigurationError(f"idle_timeout must be > 0 seconds, got {idle_timeout!r}")
         self.host = host
         self.strict = strict
         self.idle_timeout = idle_timeout
@@ -65,7 +68,7 @@ class ToxiproxyServer:
         self._config = None if config is None else _load_config(config)
         self.rng = random.Random(seed)
         self.api = Api(rng=self.rng, strict=strict)
-        self._api: Listener | None = None
+        self._listener: Listener | None = None
         self._api_conns: dict[asyncio.Task[None], Accepted] = {}
         self._port: int | None = None
 
@@ -104,8 +107,8 @@ class ToxiproxyServer:
                 extra={"event": "toxiproxy.unauthenticated_api_exposed", "host": self.host},
             )
         sock = await listen_socket(self.host, self._requested_port, backlog=128)
-        self._api = Listener(sock, self._on_api_client)
-        self._port = self._api.address[1]
+        self._listener = Listener(sock, self._on_api_client)
+        self._port = self._listener.address[1]
         logger.info(
             "toxiproxy.api_started",
             extra={"event": "toxiproxy.api_started", "host": self.host, "port": self._port},
@@ -121,13 +124,13 @@ class ToxiproxyServer:
         response = await self.api.populate(data)
         if response.status >= 400:
             error = json.loads(response.body)["error"]
-            raise ValueError(f"Toxiproxy config rejected: {error}")
+            raise ConfigurationError(f"Toxiproxy config rejected: {error}")
 
     async def aclose(self) -> None:
         """Stop the API and every proxy; no task or socket is left behind."""
-        api, self._api = self._api, None
-        if api is not None:
-            api.close()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         conns = list(self._api_conns.items())
         for task, _ in conns:
             task.cancel()
@@ -158,7 +161,7 @@ class ToxiproxyServer:
 
     async def serve_forever(self) -> None:
         """Start (if needed) and serve until cancelled."""
-        if self._api is None:
+        if self._listener is None:
             await self.start()
         try:
             await asyncio.Event().wait()
@@ -196,7 +199,7 @@ class ToxiproxyServer:
 
     # -- HTTP ----------------------------------------------------------------------------
     def _on_api_client(self, conn: socket.socket) -> None:
-        if self._api is None:  # closing
+        if self._listener is None:  # closing
             conn.close()
             return
         accepted = Accepted(conn)
@@ -221,9 +224,9 @@ def _load_config(config: str | os.PathLike[str] | Sequence[dict[str, Any]]) -> l
         try:
             data: Any = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read Toxiproxy config {str(path)!r}: {exc}") from None
+            raise ConfigurationError(f"cannot read Toxiproxy config {str(path)!r}: {exc}") from None
         if not isinstance(data, list):
-            raise ValueError(
+            raise ConfigurationError(
                 f"Toxiproxy config {str(path)!r} must hold a JSON array of proxies "
                 '(e.g. [{"name": "pg", "listen": "127.0.0.1:15432", "upstream": "db:5432"}])'
             )

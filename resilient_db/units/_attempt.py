@@ -23,14 +23,15 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from resilient_db._errors import CircuitOpenError, CommitOutcomeUnknown
+from resilient_db._errors import AlreadyApplied, CircuitOpenError, CommitOutcomeUnknown
 from resilient_db.classify import Classification, ErrorKind, Phase
 from resilient_db.engine import WROTE_KEY, server_in_hot_standby, timeline_supported
 from resilient_db.policies import BreakerPermit, RetryDecision
 from resilient_db.units._commit import CommitOutcome, TxnIdentity, capture_identity
 from resilient_db.units._context import Active, Call, UnitContext, bounded, enter, leave
+from resilient_db.units._keys import KeyRecord
 from resilient_db.units._options import UnitEvent
-from resilient_db.units._outcome import Committed, Ended, Opened, Outcome, Raise, Retry
+from resilient_db.units._outcome import Committed, Ended, Opened, Outcome, Raise, Replayed, Retry
 
 __all__ = ["Attempt", "run_attempt"]
 
@@ -72,6 +73,7 @@ class Attempt(Generic[T]):
         "ident",
         "permit",
         "phase",
+        "record",
         "result",
         "session",
         "started",
@@ -87,6 +89,7 @@ class Attempt(Generic[T]):
         self.permit: BreakerPermit | None = None
         self.phase = Phase.CHECKOUT
         self.ident: TxnIdentity | None = None
+        self.record: KeyRecord | None = None
         self.token: contextvars.Token[Active | None] | None = None
         self.started = 0.0
         self.wrote = False
@@ -126,11 +129,12 @@ class Attempt(Generic[T]):
         self.phase = Phase.STATEMENT
         return session
 
-    async def commit(self) -> None:
-        """Flush, capture the xid if the transaction wrote, COMMIT (raises on failure)."""
+    async def commit(self) -> bool:
+        """Flush, record the key or capture the xid if the transaction wrote, COMMIT (raises
+        on failure). False: the key was already applied — nothing was committed."""
         session = self.session
         assert session is not None
-        options = self.call.options
+        options, key = self.call.options, self.call.key
         if not options.read_only:
             sync = session.sync_session
             if sync.new or sync.deleted or sync.dirty:
@@ -139,17 +143,43 @@ class Attempt(Generic[T]):
             assert conn is not None
             # Read now: after a lost COMMIT the connection may be closed (never touch it).
             self.wrote = bool(conn.sync_connection.info.get(WROTE_KEY))  # type: ignore[union-attr]
-            if self.wrote and not options.idempotent:
+            if key is not None:  # the key's insert replaces the xid capture
+                record = self.record = await self.ctx.ledger.record(session, key, self.result)
+                if not record.inserted:
+                    return False
+                self.wrote = True
+            elif self.wrote and not options.idempotent:
                 self.ident = await capture_identity(
                     session, with_timeline=timeline_supported(self.ctx.engine)
                 )
         self.phase = Phase.COMMIT
         await session.commit()
+        return True
 
     async def committed(self) -> Ended[T]:
-        """After COMMIT: breaker success, return the connection; the unit has succeeded, so
-        nothing while closing may turn it into a failure — but a caller's cancellation still
-        propagates (the connection it interrupted is dropped)."""
+        """After COMMIT: breaker success, return the connection; the unit has succeeded."""
+        stop = await self._close_after_success()
+        return stop if stop is not None else Committed(self.result)
+
+    async def replayed(self, *, block: bool = False) -> Ended[T]:
+        """The key was already applied: roll this attempt back (its writes must not commit
+        twice) and answer with the stored result, or :class:`AlreadyApplied`."""
+        stop = await self._close_after_success()  # close() rolls the transaction back
+        if stop is not None:
+            return stop
+        assert self.record is not None
+        previous = self.record.previous
+        assert previous is not None
+        if block or not previous.has_result:
+            return Raise(previous.already_applied())
+        try:
+            return Replayed(previous.replay())
+        except AlreadyApplied as exc:  # pragma: no cover - has_result says it is stored
+            return Raise(exc)
+
+    async def _close_after_success(self) -> Raise | None:
+        """Nothing while closing may turn a success into a failure — but a caller's
+        cancellation still propagates (the connection it interrupted is dropped)."""
         ctx, call = self.ctx, self.call
         if self.permit is not None:
             self.permit.success(ctx.clock() - self.started)
@@ -168,7 +198,7 @@ class Attempt(Generic[T]):
                 return Raise(exc)
         finally:
             self.leave()
-        return Committed(self.result)
+        return None
 
     def leave(self) -> None:
         if self.token is not None:
@@ -281,6 +311,8 @@ class Attempt(Generic[T]):
         """The connection died during COMMIT: committed, safe to retry, or in doubt."""
         ctx, call = self.ctx, self.call
         ident = self.ident
+        if self.record is not None:
+            return await self._resolve_key(cls, exc, self.record)
         if ident is None:
             if call.options.idempotent or call.options.read_only or not self.wrote:
                 assert isinstance(exc, Exception)
@@ -309,6 +341,31 @@ class Attempt(Generic[T]):
             return Retry(exc, RetryDecision(category=cls.category))
         return self._in_doubt(cls, exc, "unknown" if outcome is not None else "pending")
 
+    async def _resolve_key(
+        self, cls: Classification, exc: BaseException, record: KeyRecord
+    ) -> Ended[T]:
+        """A lost COMMIT of a keyed unit: ask whichever primary answers whether the key is
+        there (true across a failover); within what is left of the deadline."""
+        ctx, call = self.ctx, self.call
+        left = min(max(call.remaining(ctx.clock), 0.0), 30.0)
+        task = asyncio.ensure_future(ctx.ledger.resolve(ctx.engine, record, timeout=left))
+        state = None
+        try:
+            done, _ = await asyncio.wait((task,), timeout=left + 0.05)
+            state = task.result() if done else None
+        except BaseException:
+            if not call.own_deadline():
+                raise
+        if state is None:
+            task.cancel()
+            return self._in_doubt(cls, exc, "unknown")
+        outcome = "committed" if state.committed else "aborted"
+        self._emit("commit.resolved", cls, exc, outcome=outcome)
+        if state.committed:
+            return Committed(self.result)
+        assert isinstance(exc, Exception)
+        return Retry(exc, RetryDecision(category=cls.category))
+
     def _resolve_later(
         self, cls: Classification, exc: BaseException
     ) -> asyncio.Task[CommitOutcome] | None:
@@ -328,8 +385,9 @@ class Attempt(Generic[T]):
     def _in_doubt(self, cls: Classification, exc: BaseException, why: str) -> Ended[T]:
         call = self.call
         ident = self.ident
+        key = call.key
         nothing_written = call.options.idempotent or call.options.read_only or not self.wrote
-        if ident is None and why == "deadline" and nothing_written:
+        if ident is None and key is None and why == "deadline" and nothing_written:
             # Nothing in doubt: the deadline simply ended the unit.
             if isinstance(exc, Exception):
                 return Retry(exc, RetryDecision(category=cls.category))  # stops: deadline
@@ -338,7 +396,14 @@ class Attempt(Generic[T]):
             self._resolve_later(cls, exc)
         self._emit("commit.unknown", cls, exc, outcome=why)
         name = call.options.name
-        if ident is None:
+        if key is not None:
+            message = (
+                f"the COMMIT of unit {name!r} (operation key {key!r}) was lost and no primary "
+                "said within the deadline whether it committed; ask later with "
+                f"ledger.lookup(engine, {key!r}), or run the unit again with the same key "
+                "(it applies at most once)"
+            )
+        elif ident is None:
             message = (
                 f"the connection was lost during COMMIT of unit {name!r} and its transaction "
                 "id was not captured, so its outcome is unknown; make the unit idempotent or "
@@ -361,6 +426,7 @@ class Attempt(Generic[T]):
             xid=ident.xid if ident is not None else None,
             attempts=call.attempts,
             timeline=ident.timeline if ident is not None else None,
+            key=key,
         )
         err.__cause__ = exc if isinstance(exc, Exception) else None
         return Raise(err)
@@ -401,10 +467,10 @@ async def run_attempt(
     try:
         session = await a.begin()
         a.result = await body(session)
-        await a.commit()
+        applied = await a.commit()
     except BaseException as exc:
         return await a.fail(exc)
-    return await a.committed()
+    return await a.committed() if applied else await a.replayed()
 
 
 async def open_attempt(ctx: UnitContext, call: Call) -> Outcome[Attempt[Any]]:

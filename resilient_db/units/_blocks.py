@@ -16,7 +16,7 @@ from resilient_db.policies import RetryLoop
 from resilient_db.units._attempt import Attempt
 from resilient_db.units._context import Active, Call, UnitContext, joinable
 from resilient_db.units._options import DeadlineExceeded, UnitOptions
-from resilient_db.units._outcome import Committed, Ended, Retry
+from resilient_db.units._outcome import Committed, Ended, Replayed, Retry
 from resilient_db.units._runner import deadline_error, finished, open_unit, started
 
 __all__ = ["AttemptBlock", "Attempts", "Transaction"]
@@ -26,10 +26,10 @@ async def _settle(attempt: Attempt[Any], exc: BaseException | None) -> Ended[Any
     """The end of a block: COMMIT (``exc`` is None) or fail the attempt with ``exc``."""
     if exc is None:
         try:
-            await attempt.commit()
+            applied = await attempt.commit()
         except BaseException as err:
             return await attempt.fail(err)
-        return await attempt.committed()
+        return await attempt.committed() if applied else await attempt.replayed(block=True)
     return await attempt.fail(exc)
 
 
@@ -54,11 +54,12 @@ def _leave(ctx: UnitContext, call: Call, error: BaseException | None) -> None:
 class Transaction:
     """The async context manager returned by :meth:`Database.transaction`."""
 
-    __slots__ = ("_attempt", "_call", "_ctx", "_joined", "_options")
+    __slots__ = ("_attempt", "_call", "_ctx", "_joined", "_key", "_options")
 
-    def __init__(self, ctx: UnitContext, options: UnitOptions) -> None:
+    def __init__(self, ctx: UnitContext, options: UnitOptions, key: str | None = None) -> None:
         self._ctx = ctx
         self._options = options
+        self._key = key
         self._joined: Active | None = None
         self._call: Call | None = None
         self._attempt: Attempt[Any] | None = None
@@ -69,7 +70,7 @@ class Transaction:
         if joined is not None:
             self._joined = joined
             return joined.session
-        call = self._call = Call(self._options, ctx.clock())
+        call = self._call = Call(self._options, ctx.clock(), self._key)
         observed = bool(ctx.reporter.listeners)
         if observed:
             started(ctx, call)
@@ -94,7 +95,7 @@ class Transaction:
         assert self._call is not None
         outcome = await _settle(self._attempt, exc)
         # The body is never retried here: a retryable error ends the block like any other.
-        error = None if isinstance(outcome, Committed) else outcome.error
+        error = None if isinstance(outcome, Committed | Replayed) else outcome.error
         try:
             _leave(self._ctx, self._call, error)
         except BaseException as late:
@@ -160,7 +161,7 @@ class Attempts:
             return True
         self._done = True
         loop = self._loop
-        if isinstance(outcome, Committed):
+        if isinstance(outcome, Committed | Replayed):
             if loop is not None:
                 loop.succeeded()
             return False
@@ -206,7 +207,7 @@ class AttemptBlock:
             return False
         assert self._attempt is not None
         outcome = await _settle(self._attempt, exc)
-        error = None if isinstance(outcome, Committed) else outcome.error
+        error = None if isinstance(outcome, Committed | Replayed) else outcome.error
         try:
             _leave(outer._ctx, outer._call, error)
         except DeadlineExceeded:

@@ -130,6 +130,9 @@ def _transient(exc: BaseException) -> bool:
 
 #: The resolution's own polling: the retry policy's backoff, without jitter (50 ms doubling
 #: to 0.5 s), so a server that is coming back is asked promptly and a dead one gently.
+#: Each question gets this long: a connection attempt stuck on a frozen network is dropped
+#: and the next poll opens a new one (which reaches the server once the network heals).
+_ASK_TIMEOUT: Final = 1.0
 _POLL: Final = RetryPolicy(initial=0.05, multiplier=2.0, max_backoff=0.5, jitter="none")
 
 
@@ -156,9 +159,10 @@ async def _poll(engine: AsyncEngine, ident: TxnIdentity) -> CommitOutcome:
     while True:
         polls += 1
         try:
-            status = await _status(engine, ident)
+            async with asyncio.timeout(_ASK_TIMEOUT):  # a frozen socket: ask again, anew
+                status = await _status(engine, ident)
         except Exception as exc:
-            if not _transient(exc):
+            if not isinstance(exc, TimeoutError) and not _transient(exc):
                 logger.warning(
                     "commit.resolve_failed",
                     extra={"xid": ident.xid, "error_type": type(exc).__qualname__},

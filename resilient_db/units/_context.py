@@ -28,6 +28,7 @@ from resilient_db.policies import (
     RetryStatistics,
 )
 from resilient_db.units._commit import CommitResolutions
+from resilient_db.units._keys import Ledger
 from resilient_db.units._options import UnitEvent, UnitListener, UnitOptions
 
 __all__ = ["Call", "Reporter", "UnitContext", "bounded", "joinable"]
@@ -130,6 +131,7 @@ class UnitContext:
     resolve_timeout: float
     resolutions: CommitResolutions
     reporter: Reporter
+    ledger: Ledger
 
 
 class Deadline:
@@ -190,10 +192,21 @@ NUDGE = 0.02
 class Call:
     """Mutable state of one unit call (never shared)."""
 
-    __slots__ = ("attempts", "deadline", "deadline_at", "last", "last_exc", "options", "started")
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "deadline_at",
+        "key",
+        "last",
+        "last_exc",
+        "options",
+        "started",
+    )
 
-    def __init__(self, options: UnitOptions, started: float) -> None:
+    def __init__(self, options: UnitOptions, started: float, key: str | None = None) -> None:
         self.options = options
+        #: The operation key (normalised), recorded in the ledger instead of the xid capture.
+        self.key = key
         self.started = started
         self.deadline_at: float | None = None
         self.deadline: Deadline | None = None

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -25,6 +25,7 @@ from resilient_db.policies import CircuitBreaker, Clock, RetryBudget, RetryPolic
 from resilient_db.units._blocks import Attempts, Transaction
 from resilient_db.units._commit import CommitOutcome, CommitResolutions, transaction_status
 from resilient_db.units._context import Reporter, UnitContext, drain, joinable
+from resilient_db.units._keys import Ledger
 from resilient_db.units._options import (
     _DEFAULT,
     DEFAULT_ALLOWANCE,
@@ -82,6 +83,7 @@ class Database:
         clock: Clock | None = None,
         listeners: Sequence[UnitListener] = (),
         session_options: dict[str, Any] | None = None,
+        ledger: Ledger | None = None,
         name: str | None = None,
     ) -> None:
         check_type(
@@ -104,6 +106,7 @@ class Database:
             ("budget", budget, RetryBudget, "RetryBudget(...), or None for none"),
             ("classifier", classifier, Classifier, "Classifier().with_rules(...)"),
         )
+        checks += (("ledger", ledger, Ledger, "Ledger(table='resilient_db_keys')"),)
         for option, given, kind, hint in checks:
             if given is not _DEFAULT:
                 check_type(
@@ -179,6 +182,7 @@ class Database:
             resolve_timeout=self.resolve_timeout,
             resolutions=resolutions,
             reporter=Reporter(self.listeners),
+            ledger=ledger if ledger is not None else Ledger(),
         )
         install_pool_policy(engine)
 
@@ -305,40 +309,84 @@ class Database:
 
     # -- units -------------------------------------------------------------------------
 
-    async def run(
-        self,
-        fn: Callable[Concatenate[AsyncSession, P], Awaitable[T]],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        """Run ``fn(session, *args, **kwargs)`` as one unit of work; return its result.
+    if TYPE_CHECKING:  # ParamSpec leaves no room for key=: type checkers see fn's own
 
-        Retryable errors re-run it whole on a fresh session; inside another unit on the same
-        task it joins that unit's session instead (no transaction or retries of its own).
-        """
+        async def run(
+            self,
+            fn: Callable[Concatenate[AsyncSession, P], Awaitable[T]],
+            /,
+            *args: P.args,
+            **kwargs: P.kwargs,
+        ) -> T: ...
+
+    else:
+
+        async def run(self, fn, /, *args, key=None, **kwargs):
+            """Run ``fn(session, *args, **kwargs)`` as one unit of work; return its result.
+
+            Retryable errors re-run it whole on a fresh session; inside another unit on the
+            same task it joins that unit's session instead (no transaction or retries of its
+            own). ``key=`` (a str, int or UUID naming the operation) applies it at most once:
+            the key is recorded in the ledger inside the unit's transaction, a lost COMMIT
+            is settled by asking for the key, and a call whose key is already applied
+            returns the stored result (or raises ``AlreadyApplied``) without committing
+            anything.
+            """
+            return await self._run(fn, args, kwargs, key)
+
+    async def _run(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        key: object,
+    ) -> T:
         active = joinable(self._ctx.key)
         if active is not None:
+            if key is not None:
+                await self._record_joined(active.session, key)
             return await _awaited(fn, fn(active.session, *args, **kwargs))
-        if self._closed:
-            self._check_open()
 
         def body(session: AsyncSession) -> Awaitable[T]:
             return _awaited(fn, fn(session, *args, **kwargs))
 
-        return await run_unit(self._ctx, self.options, body)
+        return await self._run_unit(body, self.options, key)
+
+    async def _record_joined(self, session: AsyncSession, key: object) -> None:
+        """A keyed unit inside another one: its key goes into the outer transaction."""
+        record = await self._ctx.ledger.record(session, self._ctx.ledger.normalize_key(key))
+        if not record.inserted:
+            assert record.previous is not None
+            raise record.previous.already_applied()
 
     async def _run_unit(
-        self, body: Callable[[AsyncSession], Awaitable[T]], options: UnitOptions
+        self,
+        body: Callable[[AsyncSession], Awaitable[T]],
+        options: UnitOptions,
+        key: object = None,
     ) -> T:
-        """The decorator's entry: ``body`` as one unit with ``options`` (already merged)."""
+        """``body`` as one unit with ``options`` (already merged) and operation ``key``."""
         if self._closed:
             self._check_open()
-        return await run_unit(self._ctx, options, body)
+        return await run_unit(self._ctx, options, body, self._key(key, options))
+
+    def _key(self, key: object, options: UnitOptions) -> str | None:
+        if key is None:
+            return None
+        if options.read_only:
+            raise config_error(
+                "Database.run",
+                "key",
+                key,
+                "absent on a read_only unit (recording the key is a write)",
+                "drop read_only=True, or the key",
+            )
+        return self._ctx.ledger.normalize_key(key)
 
     def transaction(
         self,
         *,
+        key: object = None,
         deadline: float | None = _DEFAULT,
         idempotent: bool = _DEFAULT,
         read_only: bool = _DEFAULT,
@@ -350,7 +398,8 @@ class Database:
 
         Fails fast while the breaker is open; retries getting a healthy connection and BEGIN
         (never the body); commits on exit, rolls back on error; resolves a lost COMMIT.
-        Inside another unit on the same task it joins that unit's session.
+        Inside another unit on the same task it joins that unit's session. ``key=`` applies
+        it at most once (see :meth:`run`): a key already applied raises ``AlreadyApplied``.
         """
         self._check_open()
         options = self._call_options(
@@ -361,7 +410,7 @@ class Database:
             name=name,
             wait_for_breaker=wait_for_breaker,
         )
-        return Transaction(self._ctx, options)
+        return Transaction(self._ctx, options, self._key(key, options))
 
     def attempts(
         self,
@@ -398,7 +447,7 @@ class Database:
 
 def _awaited(fn: object, result: Awaitable[T]) -> Awaitable[T]:
     if not hasattr(result, "__await__"):
-        name = getattr(fn, "__qualname__", repr(fn))
+        name = getattr(fn, "__name__", repr(fn))
         raise config_error(
             "Database.run",
             "fn",

@@ -82,8 +82,17 @@ def _find_database(source: DatabaseSource | None, args: tuple[Any, ...], fn: Any
     )
 
 
-def _check_session_parameter(func: Callable[..., Any]) -> None:
-    """The session is injected as ``session=``: refuse a function that cannot take it."""
+def _check_function(func: Callable[..., Any]) -> None:
+    """An ``async def`` with a ``session`` parameter to inject the session into."""
+    if not inspect.iscoroutinefunction(func):
+        raise config_error(
+            "transactional",
+            "fn",
+            func,
+            "an async function (@transactional needs an async function)",
+            "declare it with 'async def'",
+            wrong_type=True,
+        )
     params = inspect.signature(func).parameters
     session = params.get("session")
     if session is not None and session.kind in (
@@ -134,6 +143,7 @@ def transactional(
     read_only: bool = ...,
     retry: RetryPolicy | None = ...,
     name: str | None = None,
+    key: object = None,
 ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]: ...
 
 
@@ -147,22 +157,19 @@ def transactional(
     read_only: bool = _DEFAULT,
     retry: RetryPolicy | None = _DEFAULT,
     name: str | None = None,
+    key: object = None,
 ) -> Any:
-    """Make an async function or method one unit of work (see the module docstring)."""
+    """Make an async function or method one unit of work (see the module docstring).
+
+    ``key``: the operation key (see ``Database.run``) — a value, or a function of the
+    call's arguments (``key=lambda self, order_id, **_: f"ship:{order_id}"``; called
+    without ``session``).
+    """
 
     _validate(database, deadline, idempotent, read_only, retry, name)
 
     def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-        if not inspect.iscoroutinefunction(func):
-            raise config_error(
-                "transactional",
-                "fn",
-                func,
-                "an async function (@transactional needs an async function)",
-                "declare it with 'async def'",
-                wrong_type=True,
-            )
-        _check_session_parameter(func)
+        _check_function(func)
         unit_name = name or func.__qualname__
         overrides = {
             "deadline": deadline,
@@ -177,8 +184,11 @@ def transactional(
             if kwargs.get("session", INJECTED) is not INJECTED:
                 return await func(*args, **kwargs)
             db = _find_database(database, args, func)
+            op_key = key(*args, **kwargs) if callable(key) else key
             active = joinable(db._ctx.key)
             if active is not None:
+                if op_key is not None:
+                    await db._record_joined(active.session, op_key)
                 kwargs["session"] = active.session
                 return await func(*args, **kwargs)
 
@@ -186,7 +196,7 @@ def transactional(
                 kwargs["session"] = session
                 return func(*args, **kwargs)
 
-            return await db._run_unit(body, db._call_options(**overrides))
+            return await db._run_unit(body, db._call_options(**overrides), op_key)
 
         return wrapper
 

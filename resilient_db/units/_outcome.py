@@ -2,6 +2,8 @@
 
 * :class:`Committed` — the transaction committed (or a lost COMMIT was resolved as
   applied); ``value`` is the body's result.
+* :class:`Replayed` — the unit's operation key was already applied by an earlier call: this
+  attempt rolled back and ``value`` is the stored result.
 * :class:`Opened` — the block forms' first step: a connection was checked out and BEGIN
   sent; ``value`` is the open attempt.
 * :class:`Retry` — the attempt failed and running the unit again is safe and useful;
@@ -19,13 +21,18 @@ from typing import Generic, TypeVar
 
 from resilient_db.policies import RetryDecision
 
-__all__ = ["Committed", "Ended", "Opened", "Outcome", "Raise", "Retry"]
+__all__ = ["Committed", "Ended", "Opened", "Outcome", "Raise", "Replayed", "Retry"]
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class Committed(Generic[T]):
+    value: T
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed(Generic[T]):
     value: T
 
 
@@ -46,6 +53,6 @@ class Raise:
 
 
 #: How an attempt that got as far as its body ends.
-Ended = Committed[T] | Retry | Raise
+Ended = Committed[T] | Replayed[T] | Retry | Raise
 #: Any step's outcome (the block forms' opening may also end :class:`Opened`).
-Outcome = Committed[T] | Opened[T] | Retry | Raise
+Outcome = Committed[T] | Replayed[T] | Opened[T] | Retry | Raise

@@ -34,10 +34,14 @@ T = TypeVar("T")
 
 
 async def run_unit(
-    ctx: UnitContext, options: UnitOptions, body: Callable[[AsyncSession], Awaitable[T]]
+    ctx: UnitContext,
+    options: UnitOptions,
+    body: Callable[[AsyncSession], Awaitable[T]],
+    key: str | None = None,
 ) -> T:
-    """Run ``body`` as one unit of work (retried whole) within ``options.deadline``."""
-    call = Call(options, ctx.clock())
+    """Run ``body`` as one unit of work (retried whole) within ``options.deadline``;
+    ``key`` (normalised) is its operation key, recorded in the ledger."""
+    call = Call(options, ctx.clock(), key)
     if ctx.reporter.listeners:
         started(ctx, call)
         try:
