@@ -28,14 +28,9 @@ as given by the user, ``result`` the body's return value):
    waits on the key's unique index and then sees the key. ``None`` → no primary answered
    within ``timeout``: raise :class:`~resilient_db.CommitOutcomeUnknown` with ``key=key``.
 
-Wiring notes for the unit-of-work API: ``db.run(fn, *args, key=..., **kwargs)`` cannot be
-typed (PEP 612 allows no keyword-only parameter between ``*args: P.args`` and
-``**kwargs: P.kwargs``; mypy rejects it), so a typed form is ``db.with_options(key=...)
-.run(fn, ...)`` next to ``db.transaction(key=...)``, ``db.attempts(key=...)`` and
-``@transactional(key=value_or_fn)``. A tested reference wiring (``UnitOptions.key``,
-``Database(ledger=...)``, the attempt recording the key in place of the xid, replay, and
-resolution by key) is exercised by ``tests/test_keys_units.py`` and the slow failover tests
-in ``tests/test_multihost.py``; both skip until the API takes ``key``.
+The unit-of-work API (``db.run(fn, ..., key=...)``, ``db.transaction(key=...)``,
+``@transactional(key=...)``) follows these steps; ``tests/test_keys_units.py`` and the slow
+failover tests in ``tests/test_multihost.py`` exercise them end to end.
 
 The first attempt of a *new* call with an already-applied key runs its body and then rolls it
 back at step 3; :meth:`Ledger.peek` lets a unit look first (one more statement) when the body
