@@ -185,7 +185,7 @@ async def test_store_failure_falls_back_to_local_decisions_and_rejoins(
         service="svc",
         prefix=prefix,
         refresh_interval=0.05,
-        call_timeout=0.05,
+        call_timeout=0.1,
         listeners=[fleet.append],
     )
     watcher = RedisBreakerStore(REDIS, service="svc", prefix=prefix, refresh_interval=0.05)

@@ -82,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         nargs=3,
         metavar=("BEFORE", "DURING", "AFTER"),
-        help="phase durations (default 2 5 5; --quick 1 3.2 3)",
+        help="phase durations (default 2 5 5; --quick 0.5 3.2 3, after a warm-up)",
     )
     a("--processes", type=int, help="worker processes of fleet scenarios")
     a("--json", metavar="FILE", help="write the report as JSON")

@@ -315,7 +315,8 @@ class CircuitBreaker(GuardMixin):
         open_for: float | None,
     ) -> None:
         self._emitter.emit(previous, new, reason, now, open_for, self._w.rates())
-        if new is _CLOSED and reason == "probes_succeeded" and self._store is not None:
+        if self._store is not None and reason in ("probes_succeeded", "probe_succeeded"):
+            # The server answered a probe: let the fleet send its trial calls too.
             self._store.publish(self.name, open_for=None)
 
     def _adopt(self, decision: FleetDecision) -> None:
