@@ -105,7 +105,8 @@ def start_probe(b: ProbeHost, *, confirm: bool, delay: float | None = None) -> b
     timeout = b._confirm_timeout if confirm else b._probe_timeout
 
     async def run() -> None:
-        await _run_probe(b, health_check, delay, timeout)
+        # A confirming probe is this instance's own evidence (once per trip): no lease.
+        await _run_probe(b, health_check, delay, timeout, lease=not confirm)
 
     if not spawn(run):
         return False
@@ -115,7 +116,12 @@ def start_probe(b: ProbeHost, *, confirm: bool, delay: float | None = None) -> b
 
 
 async def _run_probe(
-    b: ProbeHost, health_check: Callable[[], Awaitable[object]], delay: float, timeout: float
+    b: ProbeHost,
+    health_check: Callable[[], Awaitable[object]],
+    delay: float,
+    timeout: float,
+    *,
+    lease: bool,
 ) -> None:
     ok: bool | None = False
     demand = b._n_rejected
@@ -123,7 +129,11 @@ async def _run_probe(
         if delay > 0.0:
             await anyio.sleep(min(delay, b._probe_interval))
         store = b._store
-        if store is not None and not await store.acquire_probe_lease(b.name, b._probe_interval):
+        if (
+            lease
+            and store is not None
+            and not await store.acquire_probe_lease(b.name, b._probe_interval)
+        ):
             ok = None  # another instance of the fleet probes this interval
         else:
             b._n_probes += 1
