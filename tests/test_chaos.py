@@ -106,7 +106,7 @@ def test_consistent_evidence_passes_every_builtin_invariant() -> None:
         ({"c": 1, "e": 1}, GOOD_STATUS, {"acknowledged_exactly_once"}),
         ({**GOOD_APPLIED, "b": 1}, GOOD_STATUS, {"failed_absent"}),
         ({**GOOD_APPLIED, "zz": 1}, GOOD_STATUS, {"no_duplicates_or_strays"}),
-        (GOOD_APPLIED, {"c": "aborted", "d": "aborted"}, {"unknown_settled"}),
+        (GOOD_APPLIED, {"c": "aborted", "d": "aborted"}, set()),  # op id is the authority
         (
             {**GOOD_APPLIED, "d": 2},
             {"c": "committed"},

@@ -28,7 +28,8 @@ from resilient_db import (
 )
 from resilient_db.testing import ClusterPair
 
-pytestmark = pytest.mark.cluster
+# Cluster setup (initdb + base backup) is slow on a loaded machine: more than the default.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 TABLE = "ops"
 
