@@ -142,6 +142,12 @@ class OpenTelemetry:
             breaker.add_listener(self.on_breaker)  # once per breaker: no double counting
             self._listening = breaker
 
+    def close(self) -> None:
+        """Stop listening to the breaker it watched (breakers outlive a ``Database``)."""
+        if self._listening is not None:
+            self._listening.remove_listener(self.on_breaker)
+            self._listening = None
+
     def on_breaker(self, event: BreakerEvent) -> None:
         """Breaker listener: counts the transition."""
         spec, value, attrs = transition(event)

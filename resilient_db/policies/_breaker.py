@@ -390,6 +390,18 @@ class CircuitBreaker(GuardMixin):
         check_callable("listeners", listener, "pass callables taking a BreakerEvent")
         self._emitter.listeners.append(listener)
 
+    def remove_listener(self, listener: BreakerListener) -> None:
+        """Unregister a listener added with :meth:`add_listener` (no-op if it is not there).
+
+        Breakers are shared per endpoint and outlive a ``Database``: telemetry that watched
+        one removes itself when it closes, so listeners do not pile up.
+        """
+        listeners = self._emitter.listeners
+        for index, known in enumerate(listeners):
+            if known == listener:
+                del listeners[index]
+                return
+
     async def wait_probe(self) -> None:
         """Wait until no health probe is running (tests, orderly shutdown)."""
         done = self._probe_done
