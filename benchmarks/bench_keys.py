@@ -105,10 +105,13 @@ async def compare(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-async def through_database(engine: AsyncEngine, rounds: int, n: int) -> dict[str, float] | None:
+async def through_database(
+    engine: AsyncEngine, ledger: Ledger, rounds: int, n: int, counter: list[int]
+) -> dict[str, float] | None:
     if "key" not in inspect.signature(Database.run).parameters:
         return None
-    db = Database(engine)
+    make: Any = Database
+    db = make(engine, ledger=ledger)
 
     async def body(session: Any, op: str) -> dict[str, str]:
         await session.execute(text(f"INSERT INTO {TABLE} VALUES (:op)"), {"op": op})
@@ -122,6 +125,10 @@ async def through_database(engine: AsyncEngine, rounds: int, n: int) -> dict[str
         run: Any = db.run
         await run(body, op, key=op)
 
+    for name, fn in (("db.run xid", xid_unit), ("db.run key", key_unit)):
+        before = counter[0]
+        await fn()
+        print(f"  {name:<12} {counter[0] - before + 2} statements (BEGIN and COMMIT included)")
     samples: dict[str, list[float]] = {"db.run xid": [], "db.run key": []}
     for _ in range(rounds):
         for name, fn in (("db.run xid", xid_unit), ("db.run key", key_unit)):
@@ -163,7 +170,8 @@ async def main() -> None:
         show("time per unit, 1 writer (median of rounds)", seq, "xid")
         par = await compare(engine, variants, args.rounds, args.units, 8)
         show("time per unit, 8 concurrent writers (wall / units)", par, "xid")
-        full = await through_database(engine, args.rounds, args.units // 2)
+        print("\nthrough db.run: statements per writing unit")
+        full = await through_database(engine, ledger, args.rounds, args.units // 2, counter)
         if full is None:
             print("\ndb.run(..., key=...) is not wired on this branch: the db.run rows are skipped")
         else:

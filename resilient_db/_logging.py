@@ -59,6 +59,14 @@ FACTS: Final[tuple[tuple[str, str], ...]] = (
     ("status", ""),
     ("problem", ""),
     ("primary_port", ""),
+    ("previous", ""),
+    ("ledger", ""),
+    ("deleted", ""),
+    ("service", ""),
+    ("method", ""),
+    ("backend_pid", ""),
+    ("pid", ""),
+    ("pids", ""),
 )
 
 #: A short phrase per known event; an event not listed gets its facts only.
@@ -93,6 +101,37 @@ PHRASES: Final[dict[str, str]] = {
     "pool.ping_failed": "a pool pre-ping failed",
     "pool.timeline_probe_failed": "reading the server's timeline failed",
     "http.problem": "answered a database error with an HTTP problem response",
+    "breaker.probe_crashed": "a breaker health-check probe crashed (treated as failed)",
+    "commit.invalidate_failed": "invalidating the connection of a COMMIT in doubt failed",
+    "commit.report_failed": "reporting a background COMMIT resolution failed",
+    "engine.host_changed": "new connections go to another host (failover)",
+    "engine.host_skipped": "a host of a multi-host URL could not serve; trying the next",
+    "fleet.close_failed": "closing the fleet breaker store failed",
+    "fleet.disconnect_failed": "disconnecting from the fleet breaker store failed",
+    "fleet.listener_failed": "a fleet store listener raised (ignored)",
+    "fleet.sink_failed": "writing a breaker decision to the fleet store failed",
+    "keys.already_applied": "an operation key was already applied; its stored result is used",
+    "keys.cleaned": "expired operation keys were deleted from the ledger",
+    "keys.holder_terminated": "terminated the backend still holding an operation key",
+    "keys.lookup_failed": "could not ask the ledger whether an operation key was applied",
+    "keys.lookup_retry": "the ledger is not reachable yet; asking again",
+    "keys.result_not_stored": "a unit's result is not JSON-serialisable; stored without it",
+    "cluster.created": "created a private PostgreSQL cluster",
+    "cluster.standby_created": "created a streaming standby of a private cluster",
+    "cluster.started": "started a private PostgreSQL cluster",
+    "cluster.stopped": "stopped a private PostgreSQL cluster",
+    "cluster.crashed": "crashed a private PostgreSQL cluster (SIGKILL)",
+    "cluster.backend_crashed": "crashed one backend of a private cluster",
+    "cluster.promoted": "promoted a private standby to primary",
+    "cluster.destroyed": "destroyed a private PostgreSQL cluster",
+    "toxiproxy.api_started": "the fault proxy's HTTP API is listening",
+    "toxiproxy.api_failed": "a fault proxy API request failed (answered 500)",
+    "toxiproxy.proxy_started": "a fault proxy is listening",
+    "toxiproxy.accept_failed": "the fault proxy could not accept a connection",
+    "toxiproxy.upstream_dial_failed": "the fault proxy could not reach its upstream",
+    "toxiproxy.unauthenticated_api_exposed": (
+        "the fault proxy's API listens beyond loopback without authentication"
+    ),
 }
 
 _EVENT: Final = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")

@@ -258,7 +258,7 @@ def check_type(
         classes = types if isinstance(types, tuple) else (types,)
         names = " or ".join(c.__name__ for c in classes)
         must = what or f"{_article(names)} {names}"
-        if allow_none:
+        if allow_none and "None" not in must:
             must += " or None"
         raise config_error(
             owner, name, value, must, fix or f"pass {_article(names)} {names}", wrong_type=True

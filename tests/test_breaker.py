@@ -588,3 +588,17 @@ async def test_with_a_health_check_only_a_passing_probe_leaves_open() -> None:
     assert breaker.state == "half_open"
     permit.success()
     assert breaker.state == "closed"
+
+
+def test_remove_listener_stops_its_events() -> None:
+    breaker = CircuitBreaker("remove-listener")
+    kept: list[BreakerEvent] = []
+    removed: list[BreakerEvent] = []
+    breaker.add_listener(kept.append)
+    breaker.add_listener(removed.append)
+    breaker.force_open()
+    breaker.remove_listener(removed.append)
+    breaker.remove_listener(removed.append)  # a second removal is a no-op
+    breaker.reset()
+    assert [e.state for e in kept] == [BreakerState.FORCED_OPEN, BreakerState.CLOSED]
+    assert [e.state for e in removed] == [BreakerState.FORCED_OPEN]

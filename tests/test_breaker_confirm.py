@@ -147,3 +147,11 @@ def test_confirm_options_are_validated() -> None:
         CircuitBreaker("db", confirm_trips="yes")  # type: ignore[arg-type]
     assert CircuitBreaker("db", health_check=healthy).config.confirms
     assert not CircuitBreaker("db", health_check=healthy, confirm_trips=False).config.confirms
+
+
+async def test_slow_call_trips_are_not_confirmed() -> None:
+    b, events = make(healthy, slow_call_duration=0.1, slow_call_rate=0.5, minimum_calls=2)
+    for _ in range(2):
+        (await b.acquire_async()).success(duration=1.0)
+    assert b.state == "open"
+    assert events[-1].reason == "slow_call_rate"

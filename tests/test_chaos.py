@@ -106,7 +106,7 @@ def test_consistent_evidence_passes_every_builtin_invariant() -> None:
         ({"c": 1, "e": 1}, GOOD_STATUS, {"acknowledged_exactly_once"}),
         ({**GOOD_APPLIED, "b": 1}, GOOD_STATUS, {"failed_absent"}),
         ({**GOOD_APPLIED, "zz": 1}, GOOD_STATUS, {"no_duplicates_or_strays"}),
-        (GOOD_APPLIED, {"c": "aborted", "d": "aborted"}, {"unknown_settled"}),
+        (GOOD_APPLIED, {"c": "aborted", "d": "aborted"}, set()),  # op id is the authority
         (
             {**GOOD_APPLIED, "d": 2},
             {"c": "committed"},
@@ -303,3 +303,23 @@ async def test_external_toxiproxy_mode_uses_the_pre_created_proxy(pg_url: str) -
         proxy = client.get_proxy("postgres")
         assert proxy.enabled
         assert proxy.toxics == ()
+
+
+def test_missing_components_skip_with_one_line_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resilient_db.chaos import _env, _netns, _pgbouncer
+
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setattr("pathlib.Path.exists", lambda self: False)
+    assert _pgbouncer.pgbouncer_missing() == "no pgbouncer binary (apt-get install pgbouncer)"
+
+    def refuse(url: str) -> object:
+        raise ConfigurationError("one host per URL\nmore detail")
+
+    monkeypatch.setattr("resilient_db.engine.create_async_engine", refuse)
+    reason = _env.multihost_refusal("postgresql+asyncpg://u@/d?host=a:1&host=b:2")
+    assert reason == "create_async_engine refuses multi-host URLs yet (one host per URL)"
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert _netns.netns_missing() == "packet-level faults need root (ip netns)"
+    env = _env.Environment(Settings())
+    fleet = by_name(["fleet_down"])[0]
+    assert "module:factory" in (env.skip_reason(fleet) or "")

@@ -280,3 +280,12 @@ def test_cli_prints_hosts_and_json_primary(pg_url: str, capsys: pytest.CaptureFi
     main(["doctor", "--url", pg_url, "--pool-size", "2", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert data["primary"] == f"{make_url(pg_url).host}:{make_url(pg_url).port}"
+
+
+async def test_multi_host_url_that_accepts_a_standby_warns(pg_url: str) -> None:
+    live = make_url(pg_url)
+    url = f"postgresql+asyncpg://{live.username}@/{live.database}"
+    url += f"?host={live.host}:{live.port},127.0.0.1:{_closed_port()}&target_session_attrs=any"
+    report = await doctor(url, pool_size=2, timeout=10)
+    assert _codes(report)["target_session_attrs"] is Severity.WARNING
+    assert "target_session_attrs=read-write" in _message(report, "target_session_attrs")

@@ -3,7 +3,6 @@ against the real PostgreSQL; faults through the embedded fault proxy."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -11,12 +10,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from resilient_db import (
     CircuitBreaker,
     CircuitOpenError,
     CommitOutcomeUnknown,
-    Database,
     DeadlineExceeded,
     ResilientDBError,
     RetryPolicy,
@@ -37,7 +36,6 @@ from resilient_db.integrations.fastapi import (  # noqa: E402
 from tests._shop import shop_url  # noqa: E402, F401  (the fixture)
 from tests._uvicorn import serve  # noqa: E402
 
-SUPPORTS_KEYS = "key" in inspect.signature(Database.transaction).parameters
 FAST_RETRY = RetryPolicy(attempts=2, initial=0.01, max_backoff=0.02)
 
 
@@ -272,9 +270,6 @@ def test_bad_configuration_is_refused_with_the_one_message_format(pg_url: str) -
         get_database(bare)
 
 
-@pytest.mark.skipif(
-    not SUPPORTS_KEYS, reason="Database.transaction(key=...) is not in this build yet"
-)
 async def test_idempotency_key_header_applies_a_request_once(shop_url: str) -> None:  # noqa: F811
     import anyio
     from sqlalchemy.ext.asyncio import create_async_engine as sa_engine
@@ -311,3 +306,44 @@ async def test_idempotency_key_header_applies_a_request_once(shop_url: str) -> N
         assert bad.status_code == 400
         balance = (await client.get("/accounts/1")).json()["balance"]
     assert balance == 100 - 3 * 10  # k-1 once, k-2 once, the unkeyed one
+
+
+@pytest.mark.slow
+async def test_commit_lost_in_doubt_is_a_500_problem_with_the_xid(
+    shop_url: str,  # noqa: F811
+) -> None:
+    from tests._relay import relay_to
+
+    url = make_url(shop_url)
+    async with relay_to(url.host or "127.0.0.1", url.port or 5432) as relay:
+        proxied = url.set(host="127.0.0.1", port=relay.port).render_as_string(False)
+        app = create_app(
+            proxied,
+            retry=FAST_RETRY,
+            breaker=None,
+            deadline=1.0,
+            resolve_timeout=0.5,
+            cleanup_timeout=0.5,
+            engine_options={"command_timeout": 30, "connect_timeout": 30},
+        )
+
+        request_unit = unit_of_work()
+
+        @app.post("/bump")
+        async def bump(session: Any = request_unit) -> dict[str, str]:
+            await session.execute(text("UPDATE account SET balance = balance + 1 WHERE id = 1"))
+            relay.cut_commit = "after"  # the server commits; the answer never arrives...
+            relay.black_hole_after_cut = True  # ...and nothing else does either
+            return {"never": "sent"}
+
+        try:
+            async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=20) as c:
+                answer = await c.post("/bump")
+                relay.black_hole.clear()
+        finally:
+            relay.black_hole.clear()
+    assert answer.status_code == 500, answer.text
+    assert answer.headers["content-type"] == PROBLEM_JSON
+    problem = answer.json()
+    assert problem["type"] == "urn:resilient-db:problem:commit-outcome-unknown"
+    assert isinstance(problem["xid"], int)

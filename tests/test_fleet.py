@@ -185,7 +185,7 @@ async def test_store_failure_falls_back_to_local_decisions_and_rejoins(
         service="svc",
         prefix=prefix,
         refresh_interval=0.05,
-        call_timeout=0.05,
+        call_timeout=0.1,
         listeners=[fleet.append],
     )
     watcher = RedisBreakerStore(REDIS, service="svc", prefix=prefix, refresh_interval=0.05)
@@ -236,3 +236,19 @@ async def test_bad_options() -> None:
         RedisBreakerStore(REDIS, service="")
     with pytest.raises(ConfigurationError, match="call_timeout"):
         RedisBreakerStore(REDIS, service="s", call_timeout=0)
+
+
+async def test_confirmation_does_not_wait_for_the_fleet_lease(prefix: str) -> None:
+    async def refused() -> None:
+        raise ConnectionRefusedError("down")
+
+    s1 = RedisBreakerStore(REDIS, service="svc", prefix=prefix)
+    s2 = RedisBreakerStore(REDIS, service="svc", prefix=prefix)
+    async with s1, s2:
+        assert await s1.acquire_probe_lease("db-primary", 5.0)  # another instance holds it
+        b = breaker(s2, [], health_check=refused, probe_interval=0.05)
+        for _ in range(2):
+            (await b.acquire_async()).failure()
+        with anyio.fail_after(5):
+            await b.wait_probe()
+        assert b.state == "open"

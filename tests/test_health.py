@@ -75,6 +75,41 @@ async def test_probe_is_bounded_by_its_timeout_on_a_black_hole(
         await engine.dispose()
 
 
+async def test_multi_host_probe_passes_while_one_host_is_silent(
+    url: str, toxiproxy_postgres: Factory
+) -> None:
+    """A silent first host (old primary black-holed) must not hide the live one: the hosts
+    are probed side by side, so the probe passes as soon as any host answers."""
+    from resilient_db import create_async_engine
+
+    proxy = toxiproxy_postgres(url)
+    silent, live = make_url(proxy.url), make_url(url)
+    base = f"{live.drivername}://{live.username}@/{live.database}"
+    engine = create_async_engine(
+        f"{base}?host={silent.host}:{silent.port}&host={live.host}:{live.port}"
+    )
+    try:
+        with proxy.black_hole():
+            started = time.monotonic()
+            with anyio.fail_after(10):
+                await engine_health_check(engine, timeout=2.0)()
+            assert time.monotonic() - started < 1.0
+        # Every host silent or refusing: the probe still fails within its own timeout.
+        dead_engine = create_async_engine(
+            f"{base}?host={silent.host}:{silent.port}&host=127.0.0.1:{_free_port()}"
+        )
+        try:
+            with proxy.black_hole():
+                started = time.monotonic()
+                with anyio.fail_after(10), pytest.raises((TimeoutError, OSError)):
+                    await engine_health_check(dead_engine, timeout=0.5)()
+                assert time.monotonic() - started < 2.0
+        finally:
+            await dead_engine.dispose()
+    finally:
+        await engine.dispose()
+
+
 async def test_probe_ignores_a_frozen_pool(url: str, toxiproxy_postgres: Factory) -> None:
     """Frozen pooled sockets (half-open network) do not make a healthy server look dead."""
     proxy = toxiproxy_postgres(url)

@@ -23,7 +23,8 @@ from resilient_db.classify import Phase, default_classifier
 from resilient_db.testing import ClusterPair
 from resilient_db.units._keys import KeyRecord
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+# Cluster setup (initdb + base backup) is slow on a loaded machine: more than the default.
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 
 TABLE = "ops"
 

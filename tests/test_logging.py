@@ -120,3 +120,39 @@ def test_render_shows_only_listed_facts_and_leaves_other_records_alone(
     assert render("x.y", {"open_for": 5.0, "failure_rate": 0.625, "attempt": 2}) == (
         "x.y: attempt=2 open_for=5s failure_rate=0.625"
     )
+
+
+def _logged_events() -> dict[str, str]:
+    """Every bare event name the package logs (``logger.info("x.y", extra=...)``), by file."""
+    import ast
+    import pathlib
+    import re
+
+    import resilient_db
+
+    bare = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+    levels = {"debug", "info", "warning", "error", "exception", "critical"}
+    found: dict[str, str] = {}
+    root = pathlib.Path(resilient_db.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in levels
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+                and bare.fullmatch(node.args[0].value)
+            ):
+                found[node.args[0].value] = str(path.relative_to(root))
+    return found
+
+
+def test_every_logged_event_has_a_phrase() -> None:
+    from resilient_db._logging import PHRASES
+
+    events = _logged_events()
+    assert len(events) > 30  # the scan sees the package's log calls
+    missing = {event: where for event, where in events.items() if event not in PHRASES}
+    assert not missing, f"add a phrase to resilient_db._logging.PHRASES for: {missing}"

@@ -150,3 +150,37 @@ def test_close_stops_reading_the_instance(pg_url: str) -> None:
         )
         is None
     )
+
+
+async def test_close_stops_listening_to_the_shared_breaker(pg_url: str) -> None:
+    """Breakers are shared per endpoint and outlive a Database: a closed instance no longer
+    counts their transitions."""
+    from resilient_db import Database, create_async_engine
+    from resilient_db.integrations.prometheus import PrometheusMetrics
+
+    registry = prometheus_client.CollectorRegistry()
+    engine = create_async_engine(pg_url)
+    try:
+        metrics = PrometheusMetrics(engine, registry=registry)
+        db = Database(engine, listeners=[metrics])
+        metrics.watch(db)
+        breaker = db.breaker
+        assert breaker is not None
+
+        def transitions() -> float:
+            total = 0.0
+            for family in registry.collect():
+                if family.name == "resilient_db_breaker_transitions":
+                    total += sum(s.value for s in family.samples if s.name.endswith("_total"))
+            return total
+
+        breaker.force_open()
+        breaker.reset()
+        counted = transitions()
+        assert counted >= 2
+        metrics.close()
+        breaker.force_open()
+        breaker.reset()
+        assert transitions() == counted
+    finally:
+        await engine.dispose()

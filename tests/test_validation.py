@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import Callable
@@ -118,6 +119,18 @@ def _rule(**bad: object) -> object:
     return resilient_db.Rule(**{**fields, **bad})
 
 
+def _db(**bad: Any) -> object:
+    return resilient_db.Database(_engine(), **bad)
+
+
+async def _commit_status(xid: Any) -> object:
+    engine = _engine()
+    try:
+        return await resilient_db.Database(engine).commit_status(xid)
+    finally:
+        await engine.dispose()
+
+
 def _testing() -> Any:
     import resilient_db.testing as testing
 
@@ -143,21 +156,32 @@ CASES: list[tuple[str, Callable[[], object], str]] = [
     ("Classifier.without_rules", lambda: resilient_db.Classifier().without_rules("x"), "names"),
     ("classify.phase", lambda: resilient_db.classify(ValueError(), phase="comit"), "phase"),
     ("PgCluster.create.port", lambda: _testing().PgCluster.create(port=80), "port"),
+    (
+        "CategoryBackoff.initial",
+        lambda: resilient_db.CategoryBackoff(initial=-1.0, max_backoff=1.0),
+        "initial",
+    ),
+    ("RetryPolicy.attempts", lambda: resilient_db.RetryPolicy(attempts=0), "attempts"),
+    ("RetryPolicy.jitter", lambda: resilient_db.RetryPolicy(jitter="x"), "jitter"),  # type: ignore[arg-type]
+    ("RetryPolicy.deadline", lambda: resilient_db.RetryPolicy(deadline=-1.0), "deadline"),
+    ("set_testing.attempts", lambda: resilient_db.set_testing(True, attempts=0), "attempts"),
+    ("Database.retry", lambda: _db(retry=3), "retry"),
+    ("Database.idempotent", lambda: _db(idempotent="yes"), "idempotent"),
+    ("UnitOptions.deadline", lambda: resilient_db.UnitOptions(deadline=-1.0), "deadline"),
+    ("transactional.deadline", lambda: resilient_db.transactional(deadline=-1.0), "deadline"),
+    ("Database.commit_status.xid", lambda: asyncio.run(_commit_status("x")), "xid"),
 ]
 
 # Entry points that do not speak the format yet (their owners adopt resilient_db._validate
 # under #10 item 4); move a case into CASES once it passes:
-#   CategoryBackoff(initial=-1.0), RetryPolicy(attempts=0 | jitter="x" | deadline=-1.0),
-#   RetryBudget(max_tokens=0.5 | token_ratio=-1.0), CircuitBreaker("db", failure_rate=2.0),
-#   CircuitBreaker(""), set_testing(True, attempts=0), engine_health_check(timeout=-1.0):
-#   ConfigurationError, but "...; use e.g." instead of "; fix: ...".
+#   RetryBudget(max_tokens=0.5 | token_ratio=-1.0): "...; use e.g." instead of "; fix: ...".
+#   CircuitBreaker("db", failure_rate=2.0), CircuitBreaker(""),
+#   engine_health_check(timeout=-1.0): "... is invalid: must be ...", no "; fix: ".
 #   create_async_engine(URL, pool_size=-1), Ledger(ttl=-1.0), ToxiproxyClient(timeout=-1.0),
-#   AsyncToxiproxyClient(timeout=-1.0): ConfigurationError without the owner or a fix.
-#   create_async_engine(URL, pool_sise=5), Database(engine, retry=3 | idempotent="yes"):
-#   plain TypeError.
-#   UnitOptions(deadline=-1.0), transactional(deadline=-1.0), db.commit_status("x"),
-#   doctor(URL, processes=0 | admin_reserve=2.0), ToxiproxyServer(port=-1 | idle_timeout=-1.0):
-#   plain ValueError.
+#   AsyncToxiproxyClient(timeout=-1.0), ToxiproxyServer(port=-1 | idle_timeout=-1.0):
+#   ConfigurationError without the owner or a fix.
+#   create_async_engine(URL, pool_sise=5): plain TypeError.
+#   doctor(URL, processes=0 | admin_reserve=2.0): plain ValueError.
 #   LocalBreakerStore(clock=3): accepted.
 
 

@@ -82,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         nargs=3,
         metavar=("BEFORE", "DURING", "AFTER"),
-        help="phase durations (default 2 5 5; --quick 1 3.2 3)",
+        help="phase durations (default 2 5 5; --quick 0.5 3.2 3, after a warm-up)",
     )
     a("--processes", type=int, help="worker processes of fleet scenarios")
     a("--json", metavar="FILE", help="write the report as JSON")
@@ -147,28 +147,49 @@ def _write(report: Report, conf: dict[str, Any]) -> None:
             print(f"  {key} report written to {conf[key]}")
 
 
+def _list() -> int:
+    for s in SCENARIOS:
+        tags = [s.needs, *(["quick"] if s.quick else [])]
+        tags += [f"{s.processes} processes"] if s.processes else []
+        print(f"{s.name:22} [{', '.join(tags)}] {s.summary}")
+    return 0
+
+
+def _prepare(
+    args: argparse.Namespace, default_workload: str | None
+) -> tuple[dict[str, Any], Settings, list[Scenario]]:
+    conf = _config(args)
+    conf.setdefault("workload", default_workload)
+    if not conf.get("workload"):
+        raise ConfigurationError(
+            "no workload: pass --workload package.module:factory or set workload in "
+            "[tool.resilient_db.chaos] of your pyproject.toml"
+        )
+    settings, scenarios = _settings(args, conf), _scenarios(conf)
+    load_workload(conf["workload"])  # fail early on a bad spec; run() resolves it again
+    return conf, settings, scenarios
+
+
+def _run(
+    args: argparse.Namespace, conf: dict[str, Any], settings: Settings, scenarios: list[Scenario]
+) -> Report:
+    done = [0]
+
+    def show(result: ScenarioReport) -> None:
+        done[0] += 1
+        if not args.quiet:
+            print(format_scenario(result), flush=True)
+        print(progress_line(done[0], len(scenarios), result), flush=True)
+
+    return anyio.run(lambda: run(conf["workload"], scenarios, settings=settings, on_result=show))
+
+
 def execute(args: argparse.Namespace, *, default_workload: str | None = None) -> int:
     """Run the chaos command for parsed ``args``; the exit status."""
     if args.list:
-        for s in SCENARIOS:
-            tags = (
-                [s.needs]
-                + (["quick"] if s.quick else [])
-                + ([f"{s.processes} processes"] if s.processes else [])
-            )
-            print(f"{s.name:22} [{', '.join(tags)}] {s.summary}")
-        return 0
+        return _list()
     try:
-        conf = _config(args)
-        conf.setdefault("workload", default_workload)
-        if not conf.get("workload"):
-            raise ConfigurationError(
-                "no workload: pass --workload package.module:factory or set workload in "
-                "[tool.resilient_db.chaos] of your pyproject.toml"
-            )
-        settings = _settings(args, conf)
-        scenarios = _scenarios(conf)
-        factory = load_workload(conf["workload"])
+        conf, settings, scenarios = _prepare(args, default_workload)
     except (ConfigurationError, ValueError) as exc:
         print(f"resilient-db chaos: {exc}", file=sys.stderr)
         return 2
@@ -180,25 +201,29 @@ def execute(args: argparse.Namespace, *, default_workload: str | None = None) ->
         f"deadline {settings.deadline:g}s",
         flush=True,
     )
-    done = [0]
-
-    def show(result: ScenarioReport) -> None:
-        done[0] += 1
-        if not args.quiet:
-            print(format_scenario(result), flush=True)
-        print(progress_line(done[0], len(scenarios), result), flush=True)
-
-    del factory  # validated above; run() resolves the spec again (fleet workers need it)
     try:
-        report = anyio.run(
-            lambda: run(conf["workload"], scenarios, settings=settings, on_result=show)
-        )
-    except ConfigurationError as exc:
+        report = _run(args, conf, settings, scenarios)
+    except (ConfigurationError, OSError) as exc:
         print(f"resilient-db chaos: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not _unreachable(exc):
+            raise
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        print(
+            f"resilient-db chaos: cannot reach the database ({first}); is it running? "
+            "(--url / RESILIENT_DB_CHAOS_DATABASE_URL)",
+            file=sys.stderr,
+        )
         return 2
     print(format_summary(report))
     _write(report, conf)
     return report.exit_code
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """True for the driver's "cannot connect" errors raised before any scenario ran."""
+    return type(exc).__name__ in ("OperationalError", "ConnectionRefusedError", "InterfaceError")
 
 
 def _logging(verbose: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -51,12 +52,24 @@ async def _leaks(target: Target, fctx: FaultContext, data: RunData, wait: float)
         while sessions > data.baseline_sessions:
             await anyio.sleep(0.05)  # bounded poll
             sessions = await target.sessions(fctx.app_name)
+    if sessions > data.baseline_sessions and target.pgbouncer is None:
+        with contextlib.suppress(Exception):  # a diagnostic only
+            rows = await target.admin.aquery(_LEFT, (fctx.app_name,))
+            fctx.notes.append("sessions left: " + "; ".join(" ".join(map(str, r)) for r in rows))
     return LeakState(
         pool_checked_out=data.pool_checked_out,
         server_sessions=sessions,
         baseline=data.baseline_sessions,
         waited=round(time.monotonic() - started, 3),
     )
+
+
+# state and wait of sessions left behind (never their query text: it may carry values)
+_LEFT = (
+    "SELECT pid, state, coalesce(wait_event_type || ':' || wait_event, '-'), "
+    "round(extract(epoch FROM now() - state_change))::int || 's in state' "
+    "FROM pg_stat_activity WHERE application_name = %s"
+)
 
 
 async def _xact_status(

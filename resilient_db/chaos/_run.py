@@ -222,6 +222,7 @@ async def _phases(
     async with anyio.create_task_group() as tg:
         tg.start_soon(drive)
         tg.start_soon(probe.sample, db, sampling)
+        await _warm_up(driver, s.concurrency)
         await anyio.sleep(s.before)
         out.fault_start = probe.now()
         async with scenario.fault(fctx):
@@ -239,6 +240,14 @@ async def _phases(
             tg.cancel_scope.cancel()
         sampling.set()
     return out
+
+
+async def _warm_up(driver: Driver, calls: int, wait: float = 10.0) -> None:
+    """Let the pool fill before the clock of the before phase starts: wait (bounded) until
+    ``calls`` calls ended, so a slow first connect cannot leave the phase empty."""
+    with anyio.move_on_after(wait):
+        while len(driver.records) < calls:  # noqa: ASYNC110 - no event to wait on
+            await anyio.sleep(0.02)  # bounded poll
 
 
 async def _settle_breaker(db: Database, out: _Phases, wait: float = 5.0) -> None:

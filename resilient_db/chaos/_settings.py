@@ -57,7 +57,7 @@ class Settings:
     @classmethod
     def quick(cls, **overrides: Any) -> Settings:
         """Short phases for CI (``during`` still outlasts the deadline)."""
-        return cls(**{"before": 1.0, "during": 3.2, "after": 3.0, **overrides})
+        return cls(**{"before": 0.5, "during": 3.2, "after": 3.0, **overrides})
 
     @property
     def database_url(self) -> str:

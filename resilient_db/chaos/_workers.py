@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ from resilient_db.chaos._admin import error_name
 from resilient_db.chaos._metrics import BreakerTransition
 from resilient_db.chaos._model import OpRecord, Outcome, Workload
 from resilient_db.policies import BreakerEvent
-from resilient_db.units import Database, UnitEvent
+from resilient_db.units import Database
 
 __all__ = ["Driver", "Probe"]
 
@@ -30,28 +31,38 @@ class Probe:
     transitions: list[BreakerTransition] = field(default_factory=list)
     breaker_samples: list[tuple[float, str]] = field(default_factory=list)
     unit_events: Counter[str] = field(default_factory=Counter)
+    _handler: logging.Handler = field(init=False, repr=False)
+    _level: int = field(init=False, repr=False, default=logging.NOTSET)
+
+    def __post_init__(self) -> None:
+        self._handler = _UnitEvents(self.unit_events)
 
     def now(self) -> float:
         """Seconds since the origin."""
         return time.monotonic() - self.origin
 
     def attach(self, db: Database) -> None:
-        """Listen to the Database's engine, units and breaker."""
+        """Listen to the Database's engine and breaker, and to the library's unit events
+        (its log records: stable event names, data in ``extra``; a Database built by the
+        user's own factory takes no listener after construction)."""
         event.listen(db.engine.sync_engine, "do_connect", self._on_connect)
-        db.listeners = (*db.listeners, self._on_unit)
+        log = logging.getLogger("resilient_db")
+        self._level = log.level
+        if not log.isEnabledFor(logging.INFO):
+            log.setLevel(logging.INFO)  # unit events are INFO records; restored by detach()
+        log.addHandler(self._handler)
         if db.breaker is not None:
             db.breaker.add_listener(self._on_breaker)
 
     def detach(self, db: Database) -> None:
-        """Stop listening to the engine (the Database is being disposed)."""
+        """Stop listening (the Database is being disposed)."""
         event.remove(db.engine.sync_engine, "do_connect", self._on_connect)
+        log = logging.getLogger("resilient_db")
+        log.removeHandler(self._handler)
+        log.setLevel(self._level)
 
     def _on_connect(self, *args: Any) -> None:
         self.connects.append(round(self.now(), 4))
-
-    def _on_unit(self, ev: UnitEvent) -> None:
-        detail = ev.outcome if ev.event.startswith("commit.") else ev.category
-        self.unit_events[f"{ev.event}({detail})"] += 1
 
     def _on_breaker(self, ev: BreakerEvent) -> None:
         self.transitions.append(
@@ -71,6 +82,20 @@ class Probe:
             self.breaker_samples.append((round(self.now(), 3), db.breaker.state.value))
             with anyio.move_on_after(every):
                 await stop.wait()
+
+
+class _UnitEvents(logging.Handler):
+    """Counts ``unit.*``, ``retry.*`` and ``commit.*`` events as ``event(category|outcome)``."""
+
+    def __init__(self, counts: Counter[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.counts = counts
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = str(getattr(record, "event", record.msg))
+        if name.startswith(("unit.", "retry.", "commit.")):
+            detail = getattr(record, "outcome" if name.startswith("commit.") else "category", None)
+            self.counts[f"{name}({detail})" if detail else name] += 1
 
 
 class Driver:

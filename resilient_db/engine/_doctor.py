@@ -204,6 +204,7 @@ async def _examine(
     if len(hosts) > 1:
         roles = await _host_roles(engine, hosts, timeout)
         findings.extend(_host_findings(roles))
+        findings.extend(_role_findings(url))
     started = time.perf_counter()
     failure: BaseException | None = None
     with anyio.move_on_after(timeout):
@@ -321,5 +322,20 @@ def _host_findings(roles: Mapping[str, str]) -> list[Finding]:
             severity=Severity.INFO,
             code="hosts",
             message=f"primary: {primaries[0]} ({listing})",
+        )
+    ]
+
+
+def _role_findings(url: URL) -> list[Finding]:
+    attrs = url.query.get("target_session_attrs")
+    if attrs in ("read-write", "primary"):
+        return []
+    return [
+        Finding(
+            severity=Severity.WARNING,
+            code="target_session_attrs",
+            message=f"the URL lists several hosts with target_session_attrs={attrs}: "
+            "connections may land on a standby, where writes fail with 25006; use "
+            "target_session_attrs=read-write for read-write work",
         )
     ]

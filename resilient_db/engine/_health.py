@@ -22,6 +22,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resilient_db._errors import ConfigurationError
+from resilient_db.engine._multihost import host_list
 
 __all__ = ["EndpointKey", "endpoint_key", "engine_health_check"]
 
@@ -147,6 +148,48 @@ def engine_health_check(
     async def health_check() -> None:
         params = _connect_params(engine)
         with anyio.fail_after(limit):
-            await probe(params, limit)
+            await _probe_any(probe, _per_host(driver, params), limit)
 
     return health_check
+
+
+def _per_host(driver: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """One parameter set per host of a multi-host URL (a single set otherwise)."""
+    hosts = host_list(driver, params)
+    if not hosts:
+        return [params]
+    return [{**params, "host": host, "port": port} for host, port in hosts]
+
+
+async def _probe_any(
+    probe: Callable[[dict[str, Any], float], Awaitable[None]],
+    variants: list[dict[str, Any]],
+    limit: float,
+) -> None:
+    """Pass when any host passes: hosts are probed side by side, the first success wins.
+
+    Probing them in turn would let a silent host (a crashed old primary whose packets are
+    dropped) spend the whole timeout on every probe, so the breaker would never close after
+    a failover although the promoted standby answers at once.
+    """
+    if len(variants) == 1:
+        await probe(variants[0], limit)
+        return
+    errors: list[Exception] = []
+    passed = False
+    async with anyio.create_task_group() as group:
+
+        async def one(params: dict[str, Any]) -> None:
+            nonlocal passed
+            try:
+                await probe(params, limit)
+            except Exception as exc:  # this host cannot serve us; another may
+                errors.append(exc)
+                return
+            passed = True
+            group.cancel_scope.cancel()
+
+        for params in variants:
+            group.start_soon(one, params)
+    if not passed:
+        raise errors[-1]

@@ -19,12 +19,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["install_multihost_connect"]
+__all__ = ["host_list", "install_multihost_connect"]
 
 logger = logging.getLogger("resilient_db")
 
 
-def _hosts(driver: str, cparams: dict[str, Any]) -> list[tuple[str, Any]]:
+def host_list(driver: str, cparams: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The (host, port) pairs of a multi-host connect (empty for a single host)."""
     host, port = cparams.get("host"), cparams.get("port")
     if driver == "asyncpg":
         if isinstance(host, list) and isinstance(port, list) and len(host) == len(port) > 1:
@@ -45,7 +46,7 @@ def install_multihost_connect(engine: AsyncEngine) -> None:
     preferred: list[tuple[str, Any]] = []  # the host that last accepted a connection
 
     def do_connect(dialect: Dialect, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
-        hosts = _hosts(driver, cparams)
+        hosts = host_list(driver, cparams)
         if not hosts:
             return None  # let the dialect connect as usual
         order = preferred + [h for h in hosts if h not in preferred]

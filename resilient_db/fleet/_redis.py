@@ -105,7 +105,7 @@ class RedisBreakerStore:
 
     ``redis`` is a ``redis://`` URL or a ``redis.asyncio.Redis`` client; ``service`` names
     the application (keys are ``<prefix>:<service>:<breaker name>``); ``refresh_interval``
-    (default 0.1 s) is how often shared decisions are read; ``call_timeout`` (default 0.05 s)
+    (default 0.1 s) is how often shared decisions are read; ``call_timeout`` (default 0.1 s)
     bounds every Redis call; ``key_ttl`` (default 1 h) expires idle keys.
     """
 
@@ -116,7 +116,7 @@ class RedisBreakerStore:
         service: str,
         prefix: str = "resilient_db",
         refresh_interval: float = 0.1,
-        call_timeout: float = 0.05,
+        call_timeout: float = 0.1,
         key_ttl: float = 3600.0,
         listeners: Iterable[FleetListener] = (),
         clock: Callable[[], float] = time.monotonic,
@@ -295,8 +295,10 @@ class RedisBreakerStore:
             return
         self._seen[name] = (epoch, gen)
         seq = self._seq[name] = self._seq.get(name, 0) + 1  # monotonic across epochs
+        # An open decision stands after "until" (callers may come back, and with a health
+        # check only a passing probe leaves OPEN); only an explicit close (until 0) closes.
         remaining = max(0.0, (until - now) / 1000.0)
-        decision = FleetDecision(is_open=until > now, generation=seq, remaining=remaining)
+        decision = FleetDecision(is_open=until != 0, generation=seq, remaining=remaining)
         for sink in tuple(self._sinks.get(name, ())):
             try:
                 sink(decision)

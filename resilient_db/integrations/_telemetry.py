@@ -18,6 +18,7 @@ from typing import Any, Final, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from resilient_db.engine import endpoint_key
 from resilient_db.policies import BreakerEvent, BreakerState, CircuitBreaker, RetryBudget
 from resilient_db.units import Database, UnitEvent
 
@@ -223,9 +224,9 @@ def observations(watched: Watched, name: str) -> Iterator[Measurement]:
 
 
 def pool_name(engine: AsyncEngine) -> str:
-    """``host:port/database`` of ``engine`` (never the user or the password)."""
-    url = engine.url
-    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+    """``host:port/database`` of ``engine`` (its breaker's endpoint; never the user or the
+    password)."""
+    return str(endpoint_key(engine))
 
 
 class Instrumentation(Protocol):

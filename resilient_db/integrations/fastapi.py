@@ -92,7 +92,6 @@ SUPPORTS_DEPENDENCY_SCOPE: Final = "scope" in inspect.signature(Depends).paramet
 #: The request header whose value becomes the unit's operation key.
 IDEMPOTENCY_KEY: Final = "Idempotency-Key"
 _KEY_CHARS: Final = re.compile(r"[\x21-\x7e]{1,255}")
-_TAKES_KEY: Final = "key" in inspect.signature(Database.transaction).parameters
 _UNSET: Any = object()
 _HANDLED: Final[tuple[type[Exception], ...]] = (
     CircuitOpenError,
@@ -121,8 +120,6 @@ def _operation_key(unit: str, sent: str, header: str) -> str:
         raise HTTPException(
             400, f"{header} must be 1 to 255 visible ASCII characters (e.g. a UUID)"
         )
-    if not _TAKES_KEY:
-        raise HTTPException(501, f"this server cannot honour {header}: no operation keys")
     return f"{unit}|{sent}"
 
 

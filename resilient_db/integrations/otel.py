@@ -38,6 +38,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resilient_db._validate import check_type
+from resilient_db.engine import endpoint_key
 from resilient_db.integrations._telemetry import (
     METRICS,
     MetricSpec,
@@ -88,16 +89,16 @@ class OpenTelemetry:
             AsyncEngine,
             fix="pass the Database's engine: OpenTelemetry(db.engine)",
         )
-        url = engine.url
+        endpoint = endpoint_key(engine)  # multi-host URLs too
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
         self._watched = Watched(pool_name=pool_name(engine), engine=engine)
         self._listening: CircuitBreaker | None = None
         self._base: dict[str, Any] = {
             "db.system.name": "postgresql",
-            "db.namespace": url.database or "",
-            "server.address": url.host or "localhost",
-            "server.port": int(url.port or 5432),
+            "db.namespace": endpoint.database,
+            "server.address": endpoint.host,
+            "server.port": endpoint.port,
         }
         self._open: contextvars.ContextVar[_Open | None] = contextvars.ContextVar(
             f"resilient_db_otel_{id(self)}", default=None
@@ -140,6 +141,12 @@ class OpenTelemetry:
         if breaker is not None and breaker is not self._listening:
             breaker.add_listener(self.on_breaker)  # once per breaker: no double counting
             self._listening = breaker
+
+    def close(self) -> None:
+        """Stop listening to the breaker it watched (breakers outlive a ``Database``)."""
+        if self._listening is not None:
+            self._listening.remove_listener(self.on_breaker)
+            self._listening = None
 
     def on_breaker(self, event: BreakerEvent) -> None:
         """Breaker listener: counts the transition."""

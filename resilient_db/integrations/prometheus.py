@@ -166,8 +166,12 @@ class PrometheusMetrics:
             child.observe(value)
 
     def close(self) -> None:
-        """Stop reading this instance's pool, breaker and budget at scrape time."""
+        """Stop reading this instance's pool, breaker and budget at scrape time, and stop
+        listening to the breaker it watched."""
         self._shared.observed.watched.discard(self)
+        if self._listening is not None:
+            self._listening.remove_listener(self.on_breaker)
+            self._listening = None
 
 
 def metrics_app(registry: CollectorRegistry = REGISTRY) -> Callable[..., Any]:

@@ -315,7 +315,8 @@ class CircuitBreaker(GuardMixin):
         open_for: float | None,
     ) -> None:
         self._emitter.emit(previous, new, reason, now, open_for, self._w.rates())
-        if new is _CLOSED and reason == "probes_succeeded" and self._store is not None:
+        if self._store is not None and reason in ("probes_succeeded", "probe_succeeded"):
+            # The server answered a probe: let the fleet send its trial calls too.
             self._store.publish(self.name, open_for=None)
 
     def _adopt(self, decision: FleetDecision) -> None:
@@ -388,6 +389,18 @@ class CircuitBreaker(GuardMixin):
         """Register a transition listener."""
         check_callable("listeners", listener, "pass callables taking a BreakerEvent")
         self._emitter.listeners.append(listener)
+
+    def remove_listener(self, listener: BreakerListener) -> None:
+        """Unregister a listener added with :meth:`add_listener` (no-op if it is not there).
+
+        Breakers are shared per endpoint and outlive a ``Database``: telemetry that watched
+        one removes itself when it closes, so listeners do not pile up.
+        """
+        listeners = self._emitter.listeners
+        for index, known in enumerate(listeners):
+            if known == listener:
+                del listeners[index]
+                return
 
     async def wait_probe(self) -> None:
         """Wait until no health probe is running (tests, orderly shutdown)."""

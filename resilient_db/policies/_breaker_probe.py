@@ -76,30 +76,37 @@ class ProbeHost(Protocol):
     _confirm_timeout: float
     _n_probes: int
     _n_probe_failures: int
+    _n_rejected: int
 
     @property
     def _health_check(self) -> Callable[[], Awaitable[object]] | None: ...
     def _reject(self, state: BreakerState, retry_after: float) -> CircuitOpenError: ...
 
 
-def start_probe(b: ProbeHost, *, confirm: bool) -> bool:
+def start_probe(b: ProbeHost, *, confirm: bool, delay: float | None = None) -> bool:
     """Start the health probe in its own task; False if none can run now.
 
     A probe's answer is about the server, so it applies to whatever state the breaker is in
     when it ends (CONFIRMING and OPEN act on it; the others ignore it). A confirming probe
     waits for the next probe slot (``probe_interval`` after the last probe) and is bounded
     by ``confirm_timeout``; an open-state probe by ``probe_timeout``.
+
+    While OPEN, a failed (or fleet-skipped) probe schedules the next one ``probe_interval``
+    later as long as callers were rejected meanwhile: recovery is noticed within one probe
+    interval even when every caller is asleep in a backoff.
     """
     health_check = b._health_check
     if health_check is None:
         return False
     if b._probing:
         return True  # a probe is already asking the server
-    delay = max(0.0, b._next_probe_at - b._clock()) if confirm else 0.0
+    if delay is None:
+        delay = max(0.0, b._next_probe_at - b._clock()) if confirm else 0.0
     timeout = b._confirm_timeout if confirm else b._probe_timeout
 
     async def run() -> None:
-        await _run_probe(b, health_check, delay, timeout)
+        # A confirming probe is this instance's own evidence (once per trip): no lease.
+        await _run_probe(b, health_check, delay, timeout, lease=not confirm)
 
     if not spawn(run):
         return False
@@ -109,14 +116,24 @@ def start_probe(b: ProbeHost, *, confirm: bool) -> bool:
 
 
 async def _run_probe(
-    b: ProbeHost, health_check: Callable[[], Awaitable[object]], delay: float, timeout: float
+    b: ProbeHost,
+    health_check: Callable[[], Awaitable[object]],
+    delay: float,
+    timeout: float,
+    *,
+    lease: bool,
 ) -> None:
     ok: bool | None = False
+    demand = b._n_rejected
     try:
         if delay > 0.0:
             await anyio.sleep(min(delay, b._probe_interval))
         store = b._store
-        if store is not None and not await store.acquire_probe_lease(b.name, b._probe_interval):
+        if (
+            lease
+            and store is not None
+            and not await store.acquire_probe_lease(b.name, b._probe_interval)
+        ):
             ok = None  # another instance of the fleet probes this interval
         else:
             b._n_probes += 1
@@ -138,6 +155,8 @@ async def _run_probe(
             done.set()
     if ok is not None:
         b._s.probed(b, ok, now)  # type: ignore[arg-type]  # b is the Core too
+    if b._state is BreakerState.OPEN and b._n_rejected > demand:
+        start_probe(b, confirm=False, delay=b._probe_interval)
 
 
 async def probe_and_admit(b: ProbeHost) -> BreakerPermit:

@@ -257,7 +257,8 @@ class Closed(State):
     admits_all = True
 
     def exceeded(self, b: Core, reason: str, now: float) -> None:
-        if b._confirms and b._start_probe(confirm=True):
+        # A probe can refute failures (the server answers a fresh connection), not slowness.
+        if reason != "slow_call_rate" and b._confirms and b._start_probe(confirm=True):
             b._swap(Confirming(reason), reason, now)
         else:
             b._to_open(reason, now)

@@ -28,7 +28,11 @@ __all__ = ["BreakerStore", "DecisionSink", "FleetDecision", "LocalBreakerStore"]
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FleetDecision:
-    """A shared decision: open for ``remaining`` seconds, or closed (``remaining == 0``)."""
+    """A shared decision: open (for ``remaining`` more seconds, maybe 0), or closed.
+
+    An open decision whose time is up still stands (a breaker with a health check leaves
+    OPEN only through a passing probe); only an explicit close closes.
+    """
 
     is_open: bool
     #: Increases with every shared decision; a breaker adopts only newer generations.

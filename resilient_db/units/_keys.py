@@ -28,6 +28,10 @@ as given by the user, ``result`` the body's return value):
    waits on the key's unique index and then sees the key. ``None`` → no primary answered
    within ``timeout``: raise :class:`~resilient_db.CommitOutcomeUnknown` with ``key=key``.
 
+The unit-of-work API (``db.run(fn, ..., key=...)``, ``db.transaction(key=...)``,
+``@transactional(key=...)``) follows these steps; ``tests/test_keys_units.py`` and the slow
+failover tests in ``tests/test_multihost.py`` exercise them end to end.
+
 The first attempt of a *new* call with an already-applied key runs its body and then rolls it
 back at step 3; :meth:`Ledger.peek` lets a unit look first (one more statement) when the body
 has effects outside the database. Entries expire after ``ttl`` seconds: :meth:`Ledger.cleanup`
