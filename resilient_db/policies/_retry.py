@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_always, stop_after_attempt
+from tenacity.stop import stop_any, stop_base
 
 from resilient_db.policies import _retry_policy
 from resilient_db.policies._budget import RetryBudget
@@ -46,6 +47,7 @@ from resilient_db.policies._retry_strategies import (
     Labelled,
     PolicyWait,
     Run,
+    StopAtCategoryCap,
     StopBeforeDeadline,
     StopWithoutBudget,
     checkpoint,
@@ -165,11 +167,14 @@ class RetryLoop:
         if deadline_at is not None and deadline_at < limit:
             limit = deadline_at
         run = self._run = Run()
-        stop = Labelled(stop_after_attempt(max_attempts), "attempts", run) | Labelled(
-            StopBeforeDeadline(clock, limit), "deadline", run
-        )
-        if budget is not None:
-            stop = stop | Labelled(StopWithoutBudget(budget), "budget", run)
+        stops: list[stop_base] = [
+            Labelled(stop_after_attempt(max_attempts), "attempts", run),
+            Labelled(StopAtCategoryCap(run), "attempts", run),
+            Labelled(StopBeforeDeadline(clock, limit), "deadline", run),
+        ]
+        if budget is not None:  # asked last: it spends a token
+            stops.append(Labelled(StopWithoutBudget(budget), "budget", run))
+        stop = stop_any(*stops)
         retrying = AsyncRetrying(
             stop=stop,
             wait=PolicyWait(policy, run, testing is not None),

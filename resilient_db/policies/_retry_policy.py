@@ -264,10 +264,13 @@ class RetryPolicy:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RetryDecision:
-    """``decide(exc)``'s answer for a retryable error: its category and a wait hint."""
+    """``decide(exc)``'s answer for a retryable error: its category, a wait hint, and the
+    classifier's cap on retries of this category within one call (``None``: no cap; e.g.
+    a server ``statement_timeout`` is retried at most once)."""
 
     category: str | None = None
     retry_after: float | None = None
+    max_retries: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

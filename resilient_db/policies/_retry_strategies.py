@@ -19,6 +19,7 @@ __all__ = [
     "Labelled",
     "PolicyWait",
     "Run",
+    "StopAtCategoryCap",
     "StopBeforeDeadline",
     "StopWithoutBudget",
     "checkpoint",
@@ -38,9 +39,10 @@ class Failed:
 class Run:
     """Mutable per-call state of one retrying call (never shared between calls)."""
 
-    __slots__ = ("previous", "reason", "total_sleep")
+    __slots__ = ("failures", "previous", "reason", "total_sleep")
 
     def __init__(self) -> None:
+        self.failures: dict[str | None, int] = {}
         self.previous: float | None = None
         self.reason: StopReason = "attempts"
         self.total_sleep = 0.0
@@ -65,6 +67,19 @@ class Labelled(stop_base):
             self.run.reason = self.reason
             return True
         return False
+
+
+class StopAtCategoryCap(stop_base):
+    """Stop when a category's failures in this call exceed its ``max_retries`` cap."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        decision = failed_attempt(retry_state).decision
+        failures = self.run.failures
+        seen = failures[decision.category] = failures.get(decision.category, 0) + 1
+        return decision.max_retries is not None and seen > decision.max_retries
 
 
 class StopBeforeDeadline(stop_base):

@@ -266,7 +266,10 @@ class Attempt(LostCommit[T]):
             return await self._resolve(cls, exc)
         if cls.retryable:
             assert isinstance(exc, Exception)
-            return Retry(exc, RetryDecision(category=cls.category, retry_after=cls.retry_after))
+            decision = RetryDecision(
+                category=cls.category, retry_after=cls.retry_after, max_retries=cls.max_retries
+            )
+            return Retry(exc, decision)
         return Raise(exc)
 
     def _settle_permit(
@@ -286,10 +289,13 @@ class Attempt(LostCommit[T]):
                 permit.ignore()
             else:
                 permit.failure(self.ctx.clock() - self.started)
-        elif cls.counts_toward_breaker and (
-            self.phase is Phase.CHECKOUT or cls.category != "connection_lost"
-        ):
+        elif cls.counts_toward_breaker and cls.category != "connection_lost":
             permit.failure(self.ctx.clock() - self.started)
+        elif cls.counts_toward_breaker and self.phase is Phase.CHECKOUT:
+            # A pooled connection the server had accepted died at checkout/BEGIN (a killed
+            # backend, a pool-wide invalidation): never opens the breaker by itself, only
+            # through a trip its health check confirms against the server.
+            permit.failure(self.ctx.clock() - self.started, accepted=True)
         else:
             # A connection lost after checkout says little about the database (one backend
             # killed, one idle timeout): if the server is really down, the next attempt's
