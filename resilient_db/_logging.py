@@ -94,6 +94,7 @@ PHRASES: Final[dict[str, str]] = {
     "commit.resolve_retry": "the server is not reachable yet to settle a COMMIT; asking again",
     "commit.resolve_failed": "could not ask the server how a COMMIT ended",
     "commit.timeline_changed": "the server's timeline changed (failover): xid not comparable",
+    "commit.server_restarted": "the server restarted since the COMMIT: its xid may be reused",
     "commit.terminate_failed": "could not terminate the backend of a COMMIT in progress",
     "commit.status_failed": "could not read a transaction's status",
     "pool.recycled": "the connection pool was recycled",

@@ -37,8 +37,14 @@ logger = logging.getLogger("resilient_db")
 
 # The WAL timeline (the first 8 hex digits of the current WAL file name) tells a resolution
 # whether it talks to the same history: a standby promoted after a failover starts a new
-# timeline and may hand out the *same* xid numbers again to other transactions.
-_TIMELINE = "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
+# timeline and may hand out the *same* xid numbers again to other transactions. The
+# server's start time (after '@') tells it whether the server restarted: after a crash, an
+# xid whose WAL was never flushed may be handed out again too (measured by the chaos
+# suite's restart scenario), so "committed" then no longer proves that *our* COMMIT won.
+_TIMELINE = (
+    "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || '@' || "
+    "extract(epoch FROM pg_postmaster_start_time())::text"
+)
 _CAPTURE = text(f"SELECT pg_current_xact_id_if_assigned()::text, pg_backend_pid(), {_TIMELINE}")
 _CAPTURE_NO_TIMELINE = text("SELECT pg_current_xact_id_if_assigned()::text, pg_backend_pid(), NULL")
 _STATUS = text(
@@ -115,8 +121,25 @@ async def _status(engine: AsyncEngine, ident: TxnIdentity) -> str | None:
     if timeline is None:
         return "in recovery"
     if ident.timeline is not None and timeline != ident.timeline:
-        return "other timeline"
+        if timeline.partition("@")[0] != ident.timeline.partition("@")[0]:
+            return "other timeline"
+        return _after_restart(None if value is None else str(value))
     return None if value is None else str(value)
+
+
+def _after_restart(value: str | None) -> str | None:
+    """The status of our xid on a server that restarted since it was captured.
+
+    A COMMIT that reached the disk keeps its xid from being handed out again, so only
+    "committed" is ambiguous (ours, or another transaction's that was given the number after
+    the crash lost ours). Aborted or in progress: ours did not commit (an in-progress owner
+    is another transaction: never terminate it).
+    """
+    if value == "committed":
+        return "restarted"
+    if value in ("aborted", "in progress"):
+        return "aborted"
+    return value
 
 
 async def _terminate(engine: AsyncEngine, ident: TxnIdentity) -> None:
@@ -183,6 +206,9 @@ async def _poll(engine: AsyncEngine, ident: TxnIdentity) -> CommitOutcome:
                 extra={"xid": ident.xid},
             )
             return CommitOutcome.UNKNOWN  # a failover: the number may name another transaction
+        if status == "restarted":
+            logger.warning("commit.server_restarted", extra={"xid": ident.xid})
+            return CommitOutcome.UNKNOWN  # a crash restart: the number may have been reused
         if status not in ("in progress", "in recovery", "unreachable"):
             return CommitOutcome.UNKNOWN  # NULL: too old or unknown here
         if status == "in progress" and not terminated:
