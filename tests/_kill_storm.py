@@ -105,12 +105,20 @@ async def _killer(
 
 
 async def run_storm(
-    url: str, *, units: int = 640, workers: int = 16, consecutive_failures: int | None = 10
+    url: str,
+    *,
+    units: int = 640,
+    workers: int = 16,
+    consecutive_failures: int | None = 10,
+    min_kills: int = 0,
+    max_seconds: float = 120.0,
 ) -> StormResult:
     """One kill storm on the database of ``url`` (an asyncpg or psycopg SQLAlchemy URL).
 
     ``consecutive_failures`` is the breaker's trip threshold (lower it to make the breaker
-    trip, and its health check refute, more often).
+    trip, and its health check refute, more often). At least ``units`` units run, and more
+    until the killer has struck ``min_kills`` times (a fast machine finishes 320 units
+    between two strikes), within ``max_seconds``.
     """
     parsed = make_url(url)
     driver = parsed.get_driver_name()
@@ -119,7 +127,7 @@ async def run_storm(
     admin_dsn = _libpq(url)
     await anyio.to_thread.run_sync(_setup, admin_dsn, table)
     engine = create_async_engine(url, application_name=app)
-    result = StormResult(driver=driver, units=units)
+    result = StormResult(driver=driver, units=0)
 
     def on_event(event: BreakerEvent) -> None:
         if event.state == "open":
@@ -145,11 +153,16 @@ async def run_storm(
             text(f"UPDATE {table} SET balance = balance + 1 WHERE id = :i"), {"i": dst}
         )
 
-    todo = list(range(units))
+    give_up_at = time.monotonic() + max_seconds
+
+    def more() -> bool:
+        if time.monotonic() > give_up_at:
+            return False
+        return result.units < units or result.kills < min_kills
 
     async def worker() -> None:
-        while todo:
-            todo.pop()
+        while more():
+            result.units += 1
             src, dst = rng.sample(range(1, ACCOUNTS + 1), 2)
             try:
                 await db.run(transfer, src, dst)
