@@ -30,7 +30,10 @@ TABLE = "rdb_test_cluster_rows"
 
 
 def _port_free(port: int) -> bool:
+    """True if a new server could listen on ``port`` (as PostgreSQL does, with SO_REUSEADDR:
+    connections of the old server left in TIME_WAIT do not hold the port, a listener does)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
