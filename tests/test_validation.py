@@ -172,17 +172,77 @@ CASES: list[tuple[str, Callable[[], object], str]] = [
     ("Database.commit_status.xid", lambda: asyncio.run(_commit_status("x")), "xid"),
 ]
 
-# Entry points that do not speak the format yet (their owners adopt resilient_db._validate
-# under #10 item 4); move a case into CASES once it passes:
-#   RetryBudget(max_tokens=0.5 | token_ratio=-1.0): "...; use e.g." instead of "; fix: ...".
-#   CircuitBreaker("db", failure_rate=2.0), CircuitBreaker(""),
-#   engine_health_check(timeout=-1.0): "... is invalid: must be ...", no "; fix: ".
-#   create_async_engine(URL, pool_size=-1), Ledger(ttl=-1.0), ToxiproxyClient(timeout=-1.0),
-#   AsyncToxiproxyClient(timeout=-1.0), ToxiproxyServer(port=-1 | idle_timeout=-1.0):
-#   ConfigurationError without the owner or a fix.
-#   create_async_engine(URL, pool_sise=5): plain TypeError.
-#   doctor(URL, processes=0 | admin_reserve=2.0): plain ValueError.
-#   LocalBreakerStore(clock=3): accepted.
+
+def _toxiproxy() -> Any:
+    import resilient_db.toxiproxy as toxiproxy
+
+    return toxiproxy
+
+
+MORE_CASES: list[tuple[str, Callable[[], object], str]] = [
+    ("RetryBudget.max_tokens", lambda: resilient_db.RetryBudget(max_tokens=0.5), "max_tokens"),
+    ("RetryBudget.token_ratio", lambda: resilient_db.RetryBudget(token_ratio=-1.0), "token_ratio"),
+    (
+        "CircuitBreaker.failure_rate",
+        lambda: resilient_db.CircuitBreaker("db", failure_rate=2.0),
+        "failure_rate",
+    ),
+    (
+        "engine_health_check.timeout",
+        lambda: resilient_db.engine_health_check(_engine(), timeout=-1.0),
+        "timeout",
+    ),
+    (
+        "create_async_engine.pool_size",
+        lambda: resilient_db.create_async_engine("postgresql+asyncpg://u@h/db", pool_size=-1),
+        "pool_size",
+    ),
+    (
+        "create_async_engine.unknown",
+        lambda: resilient_db.create_async_engine("postgresql+asyncpg://u@h/db", pool_sise=5),
+        "pool_sise",
+    ),
+    (
+        "doctor.processes",
+        lambda: asyncio.run(resilient_db.doctor("postgresql+asyncpg://u@h/db", processes=0)),
+        "processes",
+    ),
+    (
+        "doctor.admin_reserve",
+        lambda: asyncio.run(resilient_db.doctor("postgresql+asyncpg://u@h/db", admin_reserve=2.0)),
+        "admin_reserve",
+    ),
+    ("Ledger.ttl", lambda: resilient_db.Ledger(ttl=-1.0), "ttl"),
+    (
+        "ToxiproxyClient.timeout",
+        lambda: _toxiproxy().ToxiproxyClient(timeout=-1.0),
+        "timeout",
+    ),
+    (
+        "AsyncToxiproxyClient.timeout",
+        lambda: _toxiproxy().AsyncToxiproxyClient(timeout=-1.0),
+        "timeout",
+    ),
+    ("ToxiproxyServer.port", lambda: _toxiproxy().ToxiproxyServer(port=-1), "port"),
+    (
+        "ToxiproxyServer.idle_timeout",
+        lambda: _toxiproxy().ToxiproxyServer(idle_timeout=-1.0),
+        "idle_timeout",
+    ),
+]
+# Still outside the format: CircuitBreaker("") (a name check of its own) and
+# LocalBreakerStore(clock=3), which is accepted.
+
+
+@pytest.mark.parametrize(
+    ("call", "option"), [c[1:] for c in MORE_CASES], ids=[c[0] for c in MORE_CASES]
+)
+def test_more_entry_points_speak_the_format(call: Callable[[], object], option: str) -> None:
+    with pytest.raises(ResilientDBError) as info:
+        call()
+    message = str(info.value)
+    assert f"({option}=" in message, message
+    assert "; fix: " in message, message
 
 
 @pytest.mark.parametrize(("call", "option"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engin
 from sqlalchemy.pool import NullPool
 
 from resilient_db._errors import ResilientDBError
+from resilient_db._validate import config_error
 from resilient_db.engine._doctor_checks import (
     Finding,
     ServerFacts,
@@ -172,9 +173,25 @@ async def doctor(
     each host asked whether it is the primary (``report.hosts``, ``report.primary``).
     """
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
-        raise ValueError(f"processes must be an integer >= 1, got {processes!r}")
-    if not 0 <= admin_reserve < 1:
-        raise ValueError(f"admin_reserve must be a fraction in [0, 1), got {admin_reserve!r}")
+        raise config_error(
+            "doctor",
+            "processes",
+            processes,
+            "an integer >= 1",
+            "pass the number of processes that each hold a pool, e.g. processes=8",
+        )
+    if (
+        isinstance(admin_reserve, bool)
+        or not isinstance(admin_reserve, int | float)
+        or not 0 <= admin_reserve < 1
+    ):
+        raise config_error(
+            "doctor",
+            "admin_reserve",
+            admin_reserve,
+            "a fraction in [0, 1)",
+            "pass e.g. admin_reserve=0.15 (15 % of max_connections kept for administrators)",
+        )
     if isinstance(target, AsyncEngine):
         engine = target
     else:

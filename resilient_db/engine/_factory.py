@@ -8,7 +8,6 @@ checkouts forever unless the driver has a connect and a command timeout; the def
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import uuid
@@ -22,7 +21,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
 
-from resilient_db._errors import ConfigurationError
+from resilient_db._validate import config_error, unknown_option
 from resilient_db.engine._multihost import install_multihost_connect
 from resilient_db.engine._urls import Driver, check_url, host_list
 
@@ -153,35 +152,33 @@ def default_pool_size(cpu_count: int | None = None) -> int:
 def _positive(name: str, value: object, *, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
+    fix = f"pass e.g. {name}=5" + (", or None to disable it" if allow_none else "")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(
-            f"{name} must be a number of seconds > 0, got {value!r} ({type(value).__name__})"
-            + ("; pass None to disable it" if allow_none else "")
+        raise config_error(
+            "create_async_engine", name, value, "a number of seconds > 0", fix, wrong_type=True
         )
     if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(
-            f"{name} must be a finite number of seconds > 0, got {value!r}"
-            + ("; pass None to disable it" if allow_none else "")
+        raise config_error(
+            "create_async_engine", name, value, "a finite number of seconds > 0", fix
         )
     return float(value)
 
 
 def _count(name: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise config_error(
+            "create_async_engine",
+            name,
+            value,
+            f"an integer >= {minimum}",
+            f"pass e.g. {name}={max(minimum, 5)}",
+            wrong_type=not isinstance(value, int) or isinstance(value, bool),
+        )
     return value
 
 
 def _unknown_option(name: str) -> TypeError:
-    known = sorted(_OWN | _PASSTHROUGH)
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return TypeError(
-        f"create_async_engine() got an unknown option {name!r}{hint} "
-        f"(known options: {', '.join(known)})"
-    )
+    return unknown_option("create_async_engine", name, _OWN | _PASSTHROUGH)
 
 
 def _asyncpg_connect_args(s: EngineSettings) -> dict[str, Any]:
@@ -294,7 +291,14 @@ def create_async_engine(url: str | URL, **options: Any) -> AsyncEngine:
 
 def _flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+        raise config_error(
+            "create_async_engine",
+            name,
+            value,
+            "True or False",
+            f"pass {name}=True or False",
+            wrong_type=True,
+        )
     return value
 
 
@@ -312,12 +316,23 @@ def _settings(driver: Driver, options: dict[str, Any]) -> EngineSettings:
         warnings.warn(short_recycle_message(pool_recycle), ShortPoolRecycleWarning, stacklevel=3)
     application_name = options.pop("application_name", DEFAULT_APPLICATION_NAME)
     if not isinstance(application_name, str) or not application_name:
-        raise ConfigurationError(
-            f"application_name must be a non-empty string, got {application_name!r}"
+        raise config_error(
+            "create_async_engine",
+            "application_name",
+            application_name,
+            "a non-empty string",
+            "pass e.g. application_name='billing-api' (shown in pg_stat_activity)",
         )
     user_args = options.pop("connect_args", None) or {}
     if not isinstance(user_args, Mapping):
-        raise ConfigurationError(f"connect_args must be a mapping, got {type(user_args).__name__}")
+        raise config_error(
+            "create_async_engine",
+            "connect_args",
+            user_args,
+            "a mapping",
+            "pass a dict of driver keyword arguments, e.g. connect_args={'ssl': 'require'}",
+            wrong_type=True,
+        )
     settings = EngineSettings(
         driver=driver,
         pool_size=pool_size,

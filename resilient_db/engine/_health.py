@@ -22,6 +22,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resilient_db._errors import ConfigurationError
+from resilient_db._validate import config_error
 from resilient_db.engine._multihost import host_list
 
 __all__ = ["EndpointKey", "endpoint_key", "engine_health_check"]
@@ -81,9 +82,12 @@ def _check_timeout(timeout: object) -> float:
         or not math.isfinite(timeout)
         or timeout <= 0
     ):
-        raise ConfigurationError(
-            f"engine_health_check(timeout={timeout!r}) is invalid: must be a finite number of "
-            "seconds > 0, e.g. timeout=2.0"
+        raise config_error(
+            "engine_health_check",
+            "timeout",
+            timeout,
+            "a finite number of seconds > 0",
+            "pass e.g. timeout=2.0",
         )
     return float(timeout)
 

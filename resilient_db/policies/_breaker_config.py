@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from resilient_db._errors import CircuitOpenError, ConfigurationError
+from resilient_db._validate import config_error
 from resilient_db.policies._clock import Clock, RandomSource, default_clock, default_random
 
 __all__ = ["BreakerConfig", "check_callable", "default_is_failure"]
@@ -41,9 +42,7 @@ def _num(
         return float(value)
     lo = f"> {low}" if strict else f">= {low}"
     rng = lo if high == math.inf else f"{lo} and <= {high}"
-    raise ConfigurationError(
-        f"CircuitBreaker({option}={value!r}) is invalid: must be a finite number {rng}; {fix}"
-    )
+    raise config_error("CircuitBreaker", option, value, f"a finite number {rng}", _fix(fix))
 
 
 def _opt_num(option: str, value: object, *, fix: str) -> float | None:
@@ -52,18 +51,19 @@ def _opt_num(option: str, value: object, *, fix: str) -> float | None:
 
 def _int(option: str, value: object, *, fix: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"CircuitBreaker({option}={value!r}) is invalid: must be an int >= 1; {fix}"
-        )
+        raise config_error("CircuitBreaker", option, value, "an int >= 1", _fix(fix))
     return value
+
+
+def _fix(text: str) -> str:
+    """The remedy part of a message ("use e.g. x=1" → "e.g. x=1")."""
+    return text.removeprefix("use ")
 
 
 def check_callable(option: str, value: object, fix: str) -> None:
     """Raise :class:`ConfigurationError` unless ``value`` is callable."""
     if not callable(value):
-        raise ConfigurationError(
-            f"CircuitBreaker({option}={value!r}) is invalid: must be callable; {fix}"
-        )
+        raise config_error("CircuitBreaker", option, value, "callable", _fix(fix))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -45,6 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from resilient_db._errors import ConfigurationError
+from resilient_db._validate import config_error
 from resilient_db.policies._clock import Clock, default_clock
 
 __all__ = ["DEFAULT_FREE_CATEGORIES", "BudgetStatistics", "RetryBudget"]
@@ -73,12 +74,17 @@ class BudgetStatistics:
 
 def _check_number(option: str, value: object, *, low: float, fix: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(
-            f"RetryBudget({option}=...) must be a number >= {low}, got {value!r}; {fix}"
+        raise config_error(
+            "RetryBudget",
+            option,
+            value,
+            f"a number >= {low}",
+            fix.removeprefix("use "),
+            wrong_type=True,
         )
     if not math.isfinite(value) or value < low:
-        raise ConfigurationError(
-            f"RetryBudget({option}={value!r}) must be a finite number >= {low}; {fix}"
+        raise config_error(
+            "RetryBudget", option, value, f"a finite number >= {low}", fix.removeprefix("use ")
         )
     return float(value)
 

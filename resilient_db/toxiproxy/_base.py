@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 import anyio.to_thread
 
 from resilient_db._errors import ConfigurationError, ResilientDBError
+from resilient_db._validate import config_error
 
 __all__ = ["ClientBase", "Ops", "ProxyInfo", "ToxicInfo", "ToxiproxyAPIError"]
 
@@ -223,8 +224,18 @@ class ClientBase:
                 f"Toxiproxy url must look like http://host:port, got {url!r}; "
                 "the API has no TLS, use http://"
             )
-        if not timeout > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < float("inf")
+        ):
+            raise config_error(
+                type(self).__name__,
+                "timeout",
+                timeout,
+                "a finite number of seconds > 0",
+                "pass e.g. timeout=10.0",
+            )
         self.host = parts.hostname
         self.port = parts.port or 8474
         self.timeout = timeout

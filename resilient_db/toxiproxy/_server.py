@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from resilient_db._errors import ConfigurationError
+from resilient_db._validate import config_error
 from resilient_db.toxiproxy._api import VERSION, Api
 from resilient_db.toxiproxy._http import serve_connection
 from resilient_db.toxiproxy._proxy import Accepted, Listener, Proxy, is_loopback, listen_socket
@@ -57,10 +58,26 @@ class ToxiproxyServer:
         strict: bool = False,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
-        if not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ConfigurationError(f"port must be an integer in 0..65535, got {port!r}")
-        if not idle_timeout > 0:
-            raise ConfigurationError(f"idle_timeout must be > 0 seconds, got {idle_timeout!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise config_error(
+                "ToxiproxyServer",
+                "port",
+                port,
+                "an integer in 0..65535",
+                "pass e.g. port=8474, or port=0 for a free port",
+            )
+        if (
+            isinstance(idle_timeout, bool)
+            or not isinstance(idle_timeout, int | float)
+            or not idle_timeout > 0
+        ):
+            raise config_error(
+                "ToxiproxyServer",
+                "idle_timeout",
+                idle_timeout,
+                "a number of seconds > 0",
+                "pass e.g. idle_timeout=60",
+            )
         self.host = host
         self.strict = strict
         self.idle_timeout = idle_timeout

@@ -54,6 +54,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from resilient_db._errors import AlreadyApplied, ConfigurationError
+from resilient_db._validate import config_error
 from resilient_db.classify import default_classifier
 
 __all__ = ["DEFAULT_KEY_TTL", "KeyRecord", "KeyState", "Ledger", "create_ledger"]
@@ -137,9 +138,18 @@ class Ledger:
         if schema is not None:
             quoted = f"{_identifier('schema', schema)}.{quoted}"
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < 1e10:
-            raise ConfigurationError(f"ledger ttl must be a number of seconds > 0, got {ttl!r}")
+            raise config_error(
+                "Ledger", "ttl", ttl, "a number of seconds > 0", "pass e.g. ttl=86400 (one day)"
+            )
         if not isinstance(store_results, bool):
-            raise ConfigurationError(f"store_results must be True or False, got {store_results!r}")
+            raise config_error(
+                "Ledger",
+                "store_results",
+                store_results,
+                "True or False",
+                "pass store_results=True or False",
+                wrong_type=True,
+            )
         self.schema, self.table, self.name = schema, table, quoted
         self.ttl, self.store_results = float(ttl), store_results
         self._record = text(
