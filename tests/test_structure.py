@@ -48,14 +48,7 @@ FUNCTION_ALLOW: dict[str, str] = {
 }
 
 #: Import cycles allowed for now (the modules of each, sorted), each with the reason.
-CYCLE_ALLOW: dict[tuple[str, ...], str] = {
-    # being split under #9/#11/#12 (chaos engine)
-    (
-        "resilient_db.chaos._fleet",
-        "resilient_db.chaos._judge",
-        "resilient_db.chaos._run",
-    ): "being split under #9/#11/#12",
-}
+CYCLE_ALLOW: dict[tuple[str, ...], str] = {}
 
 #: Cross-stage private imports allowed for now ("importer -> imported"), each with the reason.
 PRIVATE_IMPORT_ALLOW: dict[str, str] = {}

@@ -166,8 +166,8 @@ def _merge(
 
 
 async def _worker_main(config: dict[str, Any]) -> dict[str, Any]:
+    from resilient_db.chaos._engines import build_database
     from resilient_db.chaos._load import load_workload
-    from resilient_db.chaos._run import build_database
     from resilient_db.chaos._workers import Driver
 
     logging.getLogger("resilient_db").propagate = False  # the parent reports; keep stderr clean

@@ -94,7 +94,7 @@ async def _xact_status(
 async def _evidence(
     s: Settings, target: Target, workload: Workload, fctx: FaultContext, data: RunData
 ) -> tuple[Evidence, list[Check], list[dict[str, Any]]]:
-    from resilient_db.chaos._run import direct_engine
+    from resilient_db.chaos._engines import direct_engine
 
     leaks = await _leaks(target, fctx, data, s.leak_wait)
     ev = Evidence(

@@ -5,16 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.ext.asyncio import create_async_engine as sa_engine
-from sqlalchemy.pool import NullPool
 
+from resilient_db.chaos._engines import build_database, direct_engine
 from resilient_db.chaos._env import Environment, Target
 from resilient_db.chaos._faults import FaultContext
 from resilient_db.chaos._judge import RunData, judge
@@ -22,7 +18,6 @@ from resilient_db.chaos._model import Workload, WorkloadContext, WorkloadFactory
 from resilient_db.chaos._report_model import ScenarioReport
 from resilient_db.chaos._scenarios import Scenario
 from resilient_db.chaos._workers import Driver, Probe
-from resilient_db.engine import create_async_engine
 from resilient_db.units import Database
 
 __all__ = ["direct_engine", "run_scenario"]
@@ -37,17 +32,6 @@ class _EventCounter(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.counts[getattr(record, "event", record.getMessage())] += 1
-
-
-@asynccontextmanager
-async def direct_engine(url: str) -> AsyncIterator[AsyncEngine]:
-    """A plain SQLAlchemy engine straight to the database (no pool, no fault)."""
-    engine = sa_engine(url, poolclass=NullPool)
-    try:
-        yield engine
-    finally:
-        with anyio.CancelScope(shield=True):
-            await engine.dispose()
 
 
 async def run_scenario(
@@ -134,19 +118,6 @@ async def _with_tables(
                         await workload.teardown(conn)
                 except Exception as exc:  # keep the result; say what was left behind
                     fctx.notes.append(f"teardown failed, {wctx.prefix}_* may remain: {exc}")
-
-
-def build_database(workload: Workload, wctx: WorkloadContext) -> Database:
-    """The application's Database (its own factory, or the library's defaults)."""
-    if workload.database is not None:
-        db = workload.database(wctx.url)
-        if not isinstance(db, Database):
-            raise TypeError(f"workload {workload.name!r}: database() must return a Database")
-        return db
-    engine = create_async_engine(
-        wctx.url, application_name=wctx.application_name, pgbouncer=wctx.pgbouncer
-    )
-    return Database(engine, deadline=wctx.deadline)
 
 
 @dataclass(kw_only=True, slots=True)
