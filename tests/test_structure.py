@@ -36,7 +36,6 @@ MODULE_ALLOW: dict[str, str] = {
     "resilient_db/classify/_default_rules.py": "data table",
     # being split under #9/#11/#12
     "resilient_db/policies/_breaker.py": "being split under #9/#11/#12",
-    "resilient_db/units/_attempt.py": "being split under #9/#11/#12",
     "resilient_db/units/_database.py": "being split under #9/#11/#12",
 }
 
@@ -54,13 +53,7 @@ CYCLE_ALLOW: dict[tuple[str, ...], str] = {}
 PRIVATE_IMPORT_ALLOW: dict[str, str] = {}
 
 #: Lines allowed to touch SQLAlchemy pool privates without the comment ("path:attribute").
-SA_PRIVATE_ALLOW: dict[str, str] = {
-    # being split under #9/#11/#12: needs its "# no public API:" comment (engine owner)
-    "resilient_db/engine/_pool_policy.py:_pre_ping": "being split under #9/#11/#12",
-    # being split under #9/#11/#12: engine_settings(engine) has both for our own engines
-    "resilient_db/engine/_doctor_checks.py:_max_overflow": "being split under #9/#11/#12",
-    "resilient_db/engine/_doctor_checks.py:_recycle": "being split under #9/#11/#12",
-}
+SA_PRIVATE_ALLOW: dict[str, str] = {}
 
 _SA_PRIVATE = re.compile(
     r"""(?:\.|(?:getattr|setattr|hasattr)\([^,]+,\s*["'])(_pre_ping|_recycle|_max_overflow)\b"""

@@ -53,6 +53,7 @@ def _pool_numbers(engine: AsyncEngine, settings: EngineSettings | None) -> tuple
         return settings.pool_size, settings.max_overflow, settings.pool_pre_ping
     pool: Any = engine.sync_engine.pool
     size = int(pool.size()) if hasattr(pool, "size") else 1
+    # no public API: the pool exposes size() and overflow() but not its limits
     overflow = int(getattr(pool, "_max_overflow", 0))
     return size, max(overflow, 0), pre_ping_enabled(engine)
 
@@ -253,5 +254,6 @@ def server_findings(
 
 
 def _engine_recycle(engine: AsyncEngine) -> float | None:
+    # no public API: the pool exposes size() and overflow() but not its limits
     value = getattr(engine.sync_engine.pool, "_recycle", -1)
     return None if value is None or value < 0 else float(value)

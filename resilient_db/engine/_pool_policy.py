@@ -64,6 +64,7 @@ _pinging: weakref.WeakSet[Any] = weakref.WeakSet()
 def pre_ping_enabled(engine: AsyncEngine) -> bool:
     """Whether checkouts of ``engine`` are pinged (by SQLAlchemy or by this policy)."""
     sync = engine.sync_engine
+    # no public API: SQLAlchemy keeps pool_pre_ping only as the pool's private flag
     return sync in _pinging or bool(getattr(sync.pool, "_pre_ping", False))
 
 
@@ -107,6 +108,7 @@ def _on_error(ctx: ExceptionContext) -> None:
             return
     if ctx.is_disconnect and ctx.invalidate_pool_on_disconnect:
         pool = ctx.engine.pool if ctx.engine is not None else None
+        # no public API: SQLAlchemy keeps pool_pre_ping only as the pool's private flag
         if pool is not None and getattr(pool, "_pre_ping", False):
             # Keep the other pooled connections: pre-ping checks each one at checkout.
             ctx.invalidate_pool_on_disconnect = False
@@ -150,6 +152,7 @@ def install_pool_policy(engine: AsyncEngine) -> None:
 
     event.listen(sync, "connect", probe_timeline)
     pool: Any = sync.pool
+    # no public API: SQLAlchemy keeps pool_pre_ping only as the pool's private flag
     if getattr(pool, "_pre_ping", False):
         dialect = sync.dialect
 
@@ -176,6 +179,7 @@ def install_pool_policy(engine: AsyncEngine) -> None:
 
         event.listen(sync, "connect", on_connect)
         event.listen(sync, "checkout", on_checkout)
+        # no public API: SQLAlchemy keeps pool_pre_ping only as the pool's private flag
         pool._pre_ping = False  # the listener above pings instead (recreate() keeps it off)
         _pinging.add(sync)
     _installed.add(sync)
