@@ -194,11 +194,16 @@ async def test_cancellation_propagates_within_100_ms_and_is_not_retried(pg_url: 
         breaker = CircuitBreaker(f"cancel-{secrets.token_hex(3)}")
         db = Database(engine, retry=FAST, breaker=breaker, listeners=[events.append])
 
+        started = asyncio.Event()
+
         async def slow(session: AsyncSession) -> None:
+            await session.execute(text("SELECT 1"))  # the transaction is open on the server
+            started.set()
             await session.execute(text("SELECT pg_sleep(5)"))
 
         task = asyncio.ensure_future(db.run(slow))
-        await asyncio.sleep(0.2)  # let it reach the server
+        await asyncio.wait_for(started.wait(), 10)  # bounded: the unit reached the server
+        await asyncio.sleep(0)  # bounded poll: one turn, so pg_sleep is on the wire
         cancelled_at = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
