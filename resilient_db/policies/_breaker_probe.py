@@ -39,7 +39,8 @@ async def _guarded(fn: Callable[[], Awaitable[None]]) -> None:
 
 
 def spawn(fn: Callable[[], Awaitable[None]]) -> bool:
-    """Run ``fn()`` in its own task on the running loop; False when no loop is running."""
+    """Run ``fn()`` in its own task on the running loop; False when none can start (no
+    loop is running, or a trio run is past its system tasks)."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -53,10 +54,12 @@ def spawn(fn: Callable[[], Awaitable[None]]) -> bool:
     if trio is None:
         return False
     try:
-        trio.lowlevel.current_trio_token()
+        trio.lowlevel.current_trio_token()  # RuntimeError: not in a trio run
+        # RuntimeError too once the run is shutting down: its system nursery is closed
+        # while trio finalizes leftover async generators (whose cleanup may trip us).
+        trio.lowlevel.spawn_system_task(_guarded, fn, name="resilient_db.breaker_probe")
     except RuntimeError:
         return False
-    trio.lowlevel.spawn_system_task(_guarded, fn)
     return True
 
 

@@ -2,6 +2,10 @@
 
 Their body is the caller's ``async with`` block, so the unit's deadline (one timer
 handle) is armed in ``__aenter__`` and disarmed in ``__aexit__``.
+
+Both tell the listeners ``unit.started`` and ``unit.finished`` once per outermost unit, as
+``db.run`` does (a joined block tells nothing; no listener, no cost): see
+:class:`Transaction` and :class:`Attempts` for when each form starts and ends.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from resilient_db.policies import RetryLoop
 from resilient_db.units._attempt import Attempt
 from resilient_db.units._context import Active, Call, UnitContext, joinable
-from resilient_db.units._options import DeadlineExceeded, UnitOptions
+from resilient_db.units._options import UnitOptions
 from resilient_db.units._outcome import Committed, Ended, Replayed, Retry
 from resilient_db.units._runner import deadline_error, finished, open_unit, started
 
@@ -51,10 +55,35 @@ def _leave(ctx: UnitContext, call: Call, error: BaseException | None) -> None:
         raise deadline_error(ctx, call)
 
 
-class Transaction:
-    """The async context manager returned by :meth:`Database.transaction`."""
+async def _close(
+    ctx: UnitContext, call: Call, attempt: Attempt[Any], exc: BaseException | None
+) -> tuple[Ended[Any], BaseException | None]:
+    """Settle the block and leave its deadline: the outcome and the error that ends it
+    (None: committed). Raises what ended it late — :class:`DeadlineExceeded`, or the
+    caller's cancellation arriving during the cleanup — with the deadline left either way."""
+    try:
+        outcome = await _settle(attempt, exc)
+    except BaseException as late:
+        _leave(ctx, call, late)
+        raise
+    error = None if isinstance(outcome, Committed | Replayed) else outcome.error
+    _leave(ctx, call, error)
+    return outcome, error
 
-    __slots__ = ("_attempt", "_call", "_ctx", "_joined", "_key", "_options")
+
+class Transaction:
+    """The async context manager returned by :meth:`Database.transaction`.
+
+    Listeners hear ``unit.started`` when the block is entered and ``unit.finished`` once
+    when it ends: ``ok`` when it committed, else ``error`` with the error that left the
+    block — the body's, a failed opening (``CircuitOpenError``, the last error once the
+    retry policy stops), ``AlreadyApplied`` (its key was applied before),
+    ``DeadlineExceeded``, or the caller's cancellation (``CancelledError``, also when it
+    arrives during the cleanup). A ``break``/``return`` inside the block is a normal exit:
+    it commits.
+    """
+
+    __slots__ = ("_attempt", "_call", "_ctx", "_joined", "_key", "_observed", "_options")
 
     def __init__(self, ctx: UnitContext, options: UnitOptions, key: str | None = None) -> None:
         self._ctx = ctx
@@ -63,6 +92,7 @@ class Transaction:
         self._joined: Active | None = None
         self._call: Call | None = None
         self._attempt: Attempt[Any] | None = None
+        self._observed = False
 
     async def __aenter__(self) -> AsyncSession:
         ctx = self._ctx
@@ -71,7 +101,7 @@ class Transaction:
             self._joined = joined
             return joined.session
         call = self._call = Call(self._options, ctx.clock(), self._key)
-        observed = bool(ctx.reporter.listeners)
+        observed = self._observed = bool(ctx.reporter.listeners)
         if observed:
             started(ctx, call)
         try:
@@ -91,28 +121,56 @@ class Transaction:
     ) -> None:
         if self._joined is not None:
             return
-        assert self._attempt is not None
-        assert self._call is not None
-        outcome = await _settle(self._attempt, exc)
-        # The body is never retried here: a retryable error ends the block like any other.
-        error = None if isinstance(outcome, Committed | Replayed) else outcome.error
+        ctx, call, attempt = self._ctx, self._call, self._attempt
+        assert attempt is not None
+        assert call is not None
         try:
-            _leave(self._ctx, self._call, error)
+            # The body is never retried here: a retryable error ends the block like any other.
+            _, error = await _close(ctx, call, attempt, exc)
         except BaseException as late:
-            error = late
+            if self._observed:
+                finished(ctx, call, late)
             raise
-        finally:
-            if self._ctx.reporter.listeners:
-                finished(self._ctx, self._call, error)
+        if self._observed:
+            finished(ctx, call, error)
         if error is not None and error is not exc:
             raise error
         # None: committed; ``exc``: the original propagates unchanged
 
 
 class Attempts:
-    """The async iterator returned by :meth:`Database.attempts`."""
+    """The async iterator returned by :meth:`Database.attempts`.
 
-    __slots__ = ("_call", "_ctx", "_done", "_joined", "_loop", "_options", "_pending")
+    Listeners hear ``unit.started`` when the first attempt's block is entered (a loop left
+    before that ran no unit: nothing is told) and ``unit.finished`` once, when the unit
+    ends: ``ok`` after the block that commits, else ``error`` with what propagates out of
+    the loop — a fatal error, the last error when the retry policy stops (from the loop's
+    backoff), a failed opening, ``DeadlineExceeded`` or the caller's cancellation (in a
+    block or in a backoff sleep). Retried attempts in between are ``unit.attempt_failed``
+    and ``retry.scheduled``, not ends.
+
+    Leaving the loop early: ``break`` (or ``return``) *inside* ``async with attempt`` is a
+    normal exit of the block: it commits, and the unit finishes there. Leaving *between*
+    blocks, after an attempt whose retryable error was swallowed, abandons the unit — no
+    attempt is made any more, and nothing committed; an ``async for`` gives the iterator no
+    sign of it, so it is reported when the iterator is closed: :meth:`aclose` (or
+    ``async with contextlib.aclosing(db.attempts()) as attempts:``) finishes the unit with
+    ``error`` and the last attempt's error (its type and category). A loop left so and
+    never closed tells no end (a telemetry span of it stays open). Closing a loop that
+    ended, or that never entered a block, tells nothing.
+    """
+
+    __slots__ = (
+        "_call",
+        "_ctx",
+        "_done",
+        "_joined",
+        "_loop",
+        "_observed",
+        "_options",
+        "_pending",
+        "_reported",
+    )
 
     def __init__(self, ctx: UnitContext, options: UnitOptions) -> None:
         self._ctx = ctx
@@ -122,6 +180,8 @@ class Attempts:
         self._pending: Retry | None = None
         self._done = False
         self._joined = joinable(ctx.key)
+        self._observed = False  # unit.started told, unit.finished owed
+        self._reported = False  # unit.finished told
 
     def __aiter__(self) -> Attempts:
         return self
@@ -149,28 +209,49 @@ class Attempts:
                 loop.failed(pending.error, pending.decision)
             try:
                 await loop.backoff()  # re-raises the last error when the policy stops
-            except BaseException:
-                self._done = True
+            except BaseException as exc:
+                self._end(exc)
                 raise
         return AttemptBlock(self)
 
-    def _settle(self, outcome: Ended[Any]) -> bool:
+    async def aclose(self) -> None:
+        """End the loop: a unit abandoned between attempts finishes (``error``, the last
+        attempt's error); idempotent, and nothing to do once the unit has ended."""
+        if self._done:
+            return
+        self._pending = None
+        if self._loop is not None:
+            self._loop.cancelled()  # the retry statistics end: the caller stopped
+        self._end(self._call.last_exc)
+
+    def _begin(self) -> None:
+        """An attempt's block is entered: the first one starts the unit."""
+        if not self._observed and not self._reported and self._ctx.reporter.listeners:
+            self._observed = True
+            started(self._ctx, self._call)
+
+    def _end(self, error: BaseException | None) -> None:
+        """The unit ended (``error`` None: committed); unit.finished if it was started."""
+        self._done = True
+        if self._observed:
+            self._observed = False
+            self._reported = True
+            finished(self._ctx, self._call, error)
+
+    def _settle(self, outcome: Ended[Any], error: BaseException | None) -> bool:
         """After a block: True to swallow its error and run another attempt."""
         if isinstance(outcome, Retry):
             self._pending = outcome
             return True
-        self._done = True
         loop = self._loop
-        if isinstance(outcome, Committed | Replayed):
-            if loop is not None:
-                loop.succeeded()
-            return False
         if loop is not None:
-            error = outcome.error
-            if isinstance(error, Exception):
+            if error is None:
+                loop.succeeded()
+            elif isinstance(error, Exception):
                 loop.not_retryable(error)
             else:
                 loop.cancelled()
+        self._end(error)
         return False
 
 
@@ -187,10 +268,11 @@ class AttemptBlock:
         outer = self._attempts
         if outer._joined is not None:
             return outer._joined.session
+        outer._begin()
         try:
             self._attempt = await _enter(outer._ctx, outer._call)
-        except BaseException:
-            outer._done = True
+        except BaseException as exc:
+            outer._end(exc)
             raise
         assert self._attempt.session is not None
         return self._attempt.session
@@ -206,14 +288,12 @@ class AttemptBlock:
             outer._done = True
             return False
         assert self._attempt is not None
-        outcome = await _settle(self._attempt, exc)
-        error = None if isinstance(outcome, Committed | Replayed) else outcome.error
         try:
-            _leave(outer._ctx, outer._call, error)
-        except DeadlineExceeded:
-            outer._done = True
+            outcome, error = await _close(outer._ctx, outer._call, self._attempt, exc)
+        except BaseException as late:  # DeadlineExceeded, or cancelled during the cleanup
+            outer._end(late)
             raise
-        if outer._settle(outcome):
+        if outer._settle(outcome, error):
             return True  # retryable: swallowed, the loop runs another attempt
         if error is None or error is exc:
             return False  # committed, or the original propagates unchanged
