@@ -207,11 +207,17 @@ async def _outage_run(
             else:
                 results.append((time.monotonic(), True))
 
+    def probes() -> int:  # the breaker's probes open connections of their own
+        return db.breaker.statistics().probes if db.breaker is not None else 0
+
     tasks = [asyncio.create_task(caller()) for _ in range(callers)]
     await asyncio.sleep(1.0)
     await asyncio.to_thread(client.disable, "bench")
     down_at = time.monotonic()
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(1.0)
+    probes_from = probes() if call is call_ours else 0
+    await asyncio.sleep(max(seconds - 1.0, 0.0))
+    probes_steady = probes() - probes_from if call is call_ours else 0
     await asyncio.to_thread(client.enable, "bench")
     up_at = time.monotonic()
     await asyncio.sleep(3.0)
@@ -220,7 +226,7 @@ async def _outage_run(
     await engine.dispose()
 
     steady = [t for t in connects if down_at + 1.0 <= t < up_at]
-    rate = len(steady) / max(up_at - down_at - 1.0, 1e-9)
+    rate = (len(steady) + probes_steady) / max(up_at - down_at - 1.0, 1e-9)
     first_ok = min((t for t, ok in results if ok and t >= up_at), default=float("inf"))
     window = [ok for t, ok in results if up_at + 1.0 <= t < up_at + 2.0]
     success_1s = sum(window) / len(window) if window else 0.0
@@ -236,7 +242,7 @@ async def _outage_run(
             t95 = b / 10
             break
     print(f"   {label}")
-    print(f"     connection attempts during the outage: {rate:8.1f} /s")
+    print(f"     connection attempts during the outage: {rate:8.1f} /s (pool + probes)")
     print(f"     first success after the return:        {first_ok - up_at:8.3f} s")
     print(f"     95 % of calls succeed from:            {t95:8.1f} s after the return")
     print(f"     success rate 1-2 s after the return:    {100 * success_1s:7.1f} %")
