@@ -27,7 +27,7 @@ from resilient_db import (
     create_async_engine,
 )
 from resilient_db.units._context import Call
-from tests._relay import relay_to
+from tests._relay import Relay, relay_to
 
 FAST = RetryPolicy(attempts=5, initial=0.001, max_backoff=0.01, deadline=None, per_category={})
 BOUND = 20.0  # every wait of the test itself is bounded by this many seconds
@@ -343,46 +343,55 @@ async def test_a_cancellation_during_the_cleanup_still_ends_the_unit(
     rec = Recorder()
     url = make_url(pg_dsn)
     calls: list[Call | None] = []
-    async with relay_to(url.host or "127.0.0.1", url.port or 5432) as relay:
-        eng = create_async_engine(
-            url.set(drivername="postgresql+asyncpg", host="127.0.0.1", port=relay.port),
-            command_timeout=5,
-        )
-        db = Database(
-            eng, retry=FAST, breaker=None, deadline=15.0, cleanup_timeout=1.0, listeners=[rec]
-        )
+    databases: list[Database] = []
+    try:
+        async with relay_to(url.host or "127.0.0.1", url.port or 5432) as relay:
+            eng = create_async_engine(
+                url.set(drivername="postgresql+asyncpg", host="127.0.0.1", port=relay.port),
+                command_timeout=5,
+            )
+            db = Database(
+                eng, retry=FAST, breaker=None, deadline=15.0, cleanup_timeout=1.0, listeners=[rec]
+            )
+            databases.append(db)
+            await _cancel_during_cleanup(db, form, relay, rec, calls)
+        # The relay is gone: the connection left in the background is dropped at once.
+    finally:
+        for db in databases:
+            await db.aclose()
+    assert rec.ends() == [STARTED, error("CancelledError")]
+    (call,) = calls
+    assert call is not None
+    assert call.deadline is None  # disarmed: it would cancel the caller's task later
 
-        async def fails(session: AsyncSession) -> None:
-            await session.execute(text("SELECT 1"))
-            relay.black_hole.set()  # the server goes silent: the cleanup hangs
-            raise LookupError("the application's own error")
 
-        async def go() -> None:
-            if form == "transaction":
-                tx = db.transaction()
-                async with tx as session:
-                    calls.append(tx._call)
-                    await fails(session)
+async def _cancel_during_cleanup(
+    db: Database, form: str, relay: Relay, rec: Recorder, calls: list[Call | None]
+) -> None:
+    async def fails(session: AsyncSession) -> None:
+        await session.execute(text("SELECT 1"))
+        relay.black_hole.set()  # the server goes silent: the cleanup hangs
+        raise LookupError("the application's own error")
+
+    async def go() -> None:
+        if form == "transaction":
+            tx = db.transaction()
+            async with tx as session:
+                calls.append(tx._call)
+                await fails(session)
+        else:
             attempts = db.attempts()
             calls.append(attempts._call)
             async for attempt in attempts:
                 async with attempt as session:
                     await fails(session)
 
-        task = asyncio.ensure_future(go())
-        try:
-            await rec.wait("unit.attempt_failed")  # told just before the cleanup starts
-            assert "unit.finished" not in rec.names()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await asyncio.wait_for(task, BOUND)
-        finally:
-            relay.black_hole.clear()
-            await db.aclose()
-    assert rec.ends() == [STARTED, error("CancelledError")]
-    (call,) = calls
-    assert call is not None
-    assert call.deadline is None  # disarmed: it would cancel the caller's task later
+    task = asyncio.ensure_future(go())
+    await rec.wait("unit.attempt_failed")  # told just before the cleanup starts
+    assert "unit.finished" not in rec.names()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, BOUND)
 
 
 async def test_a_transaction_tells_its_end_ok_or_with_the_body_error(
