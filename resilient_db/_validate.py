@@ -28,6 +28,7 @@ from resilient_db._errors import ConfigurationError, ConfigurationTypeError
 __all__ = [
     "check_bool",
     "check_callable",
+    "check_callables",
     "check_choice",
     "check_int",
     "check_number",
@@ -236,6 +237,26 @@ def check_callable(
             owner, name, value, must, fix or "pass a function (not its result)", wrong_type=True
         )
     return value
+
+
+def check_callables(
+    owner: str, name: str, value: Iterable[T], *, fix: str | None = None
+) -> tuple[T, ...]:
+    """``value`` as a tuple if it is an iterable (not a string) of callables, e.g. listeners.
+
+    A single function passed where a list of them is wanted is refused too; an item that is
+    not callable is named in the message as ``name=item``.
+    """
+    remedy = fix or f"pass a list of functions, e.g. {name}=[handler]"
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise config_error(owner, name, value, "an iterable of callables", remedy, wrong_type=True)
+    items = tuple(value)
+    for item in items:
+        if not callable(item):
+            raise config_error(
+                owner, name, item, f"callable (each item of {name})", remedy, wrong_type=True
+            )
+    return items
 
 
 def check_type(

@@ -54,6 +54,22 @@ def call(url: str, method: str, path: str, body: Any = None, *, raw: bytes | Non
     return status, decode(data)
 
 
+def create_proxy(
+    api: str, name: str, upstream: str = "127.0.0.1:9", **extra: Any
+) -> dict[str, Any]:
+    """Create proxy ``name`` (listening on a free port) through the raw API; its JSON."""
+    body = {"name": name, "listen": "127.0.0.1:0", "upstream": upstream, **extra}
+    status, proxy = call(api, "POST", "/proxies", body)
+    assert status == 201, proxy
+    assert isinstance(proxy, dict)
+    return proxy
+
+
+def listen_port(proxy: dict[str, Any]) -> int:
+    """The port a proxy (its API JSON) listens on."""
+    return int(str(proxy["listen"]).rpartition(":")[2])
+
+
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):

@@ -14,6 +14,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from resilient_db.pytest_plugin import toxiproxy_external_url
+from resilient_db.toxiproxy import ToxiproxyServer
+
 pytest_plugins = ["resilient_db.testing.fixtures"]
 
 BASE = os.environ.get("RESILIENT_DB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -59,3 +62,24 @@ def admin_conn() -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """An autocommit superuser connection to the ``postgres`` database (sync, psycopg)."""
     with _admin() as conn:
         yield conn
+
+
+@pytest.fixture(
+    scope="module",
+    params=["embedded", pytest.param("external", marks=pytest.mark.toxiproxy_external)],
+)
+def api(request: pytest.FixtureRequest) -> Iterator[str]:
+    """API URL of the Toxiproxy under test, once per module: the embedded server, and a real
+    one when ``--toxiproxy-url`` / ``TOXIPROXY_URL`` names it (marker ``toxiproxy_external``).
+
+    The contract tests (``test_toxiproxy_api``, ``test_proxy_reference``, ``test_proxy_http``)
+    run against both; a module may define its own ``api`` (``test_proxy_client``).
+    """
+    if request.param == "external":
+        external = toxiproxy_external_url(request.config)
+        if not external:
+            pytest.skip("no external Toxiproxy (--toxiproxy-url / TOXIPROXY_URL)")
+        yield external if "://" in external else f"http://{external}"
+        return
+    with ToxiproxyServer.in_thread() as server:
+        yield server.url

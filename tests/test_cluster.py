@@ -22,7 +22,7 @@ from resilient_db import ResilientDBError
 from resilient_db.testing import ClusterPair, PgCluster, PgClusterError, find_pg_bindir
 from resilient_db.testing._procs import alive as _alive
 from resilient_db.testing._procs import children, kill_tree, read_pid, reaped, wait_gone
-from resilient_db.testing._reaper import start_watchdog
+from resilient_db.testing._reaper import start_watchdog, watchdog_command
 
 pytestmark = pytest.mark.cluster
 
@@ -382,3 +382,25 @@ def test_watchdog_module_kills_the_server_and_removes_the_directory(tmp_path: Pa
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+def test_watchdog_starts_without_importing_the_package(tmp_path: Path) -> None:
+    # One watchdog per cluster: it must not pay for importing resilient_db (SQLAlchemy & co).
+    root = tmp_path / "scratch"
+    root.mkdir()
+    command = watchdog_command(root / "data", root)
+    done = subprocess.run(
+        [command[0], "-X", "importtime", *command[1:]],
+        stdin=subprocess.DEVNULL,  # EOF at once: nothing to kill, the directory is removed
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    imported = {
+        line.rpartition("|")[2].strip()
+        for line in done.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "psutil" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("resilient_db", "sqlalchemy")}
+    assert not root.exists()

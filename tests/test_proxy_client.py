@@ -124,6 +124,24 @@ def test_sync_and_async_clients_have_the_same_methods() -> None:
         assert method in aio
 
 
+async def test_toxic_blocks_take_the_arguments_of_add_toxic(api: str, name: str) -> None:
+    sync, aio = ToxiproxyClient(api, timeout=5), AsyncToxiproxyClient(api, timeout=5)
+    sync.create_proxy(name=name, upstream="127.0.0.1:9")
+    with sync.toxic(name, type="latency") as plain:  # add_toxic's defaults apply
+        assert (plain.name, plain.stream, plain.toxicity) == ("latency_downstream", "downstream", 1)
+        assert sync.toxics(name) == [plain]
+    async with aio.toxic(
+        name, type="bandwidth", name="bw", stream="upstream", toxicity=0.5, attributes={"rate": 7}
+    ) as full:  # and every argument is forwarded
+        assert (full.name, full.stream, full.toxicity) == ("bw", "upstream", 0.5)
+        assert full.attributes["rate"] == 7
+        assert await aio.get_toxic(name, "bw") == full
+    assert sync.toxics(name) == []  # both removed at the end of their block
+    with pytest.raises(TypeError), sync.toxic(name, type="noop", nmae="x"):  # type: ignore[call-arg]
+        pass
+    assert sync.toxics(name) == []
+
+
 def test_plain_text_error_bodies_are_understood() -> None:
     with pytest.raises(ToxiproxyAPIError) as page:
         _decode(404, b"404 page not found\n", method="GET", path="/x")

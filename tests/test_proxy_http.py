@@ -10,31 +10,14 @@ import contextlib
 import http.client
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from resilient_db.pytest_plugin import toxiproxy_external_url
 from resilient_db.toxiproxy import ToxiproxyServer
 from resilient_db.toxiproxy._api import Api
 from resilient_db.toxiproxy._http import Request
 
 _POST = b"POST /proxies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-
-
-@pytest.fixture(
-    scope="module",
-    params=["embedded", pytest.param("external", marks=pytest.mark.toxiproxy_external)],
-)
-def api(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "external":
-        external = toxiproxy_external_url(request.config)
-        if not external:
-            pytest.skip("no external Toxiproxy (--toxiproxy-url / TOXIPROXY_URL)")
-        yield external if "://" in external else f"http://{external}"
-        return
-    with ToxiproxyServer.in_thread() as server:
-        yield server.url
 
 
 def _address(api: str) -> tuple[str, int]:

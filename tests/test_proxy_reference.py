@@ -16,25 +16,17 @@ from typing import Any
 
 import pytest
 
-from resilient_db.pytest_plugin import toxiproxy_external_url
-from resilient_db.toxiproxy import AsyncToxiproxyClient, ToxiproxyServer
-from tests._toxiproxy_support import Upstream, call, connect, exchange, read_exactly, wait_for
-
-
-@pytest.fixture(
-    scope="module",
-    params=["embedded", pytest.param("external", marks=pytest.mark.toxiproxy_external)],
+from resilient_db.toxiproxy import AsyncToxiproxyClient
+from tests._toxiproxy_support import (
+    Upstream,
+    call,
+    connect,
+    create_proxy,
+    exchange,
+    listen_port,
+    read_exactly,
+    wait_for,
 )
-def api(request: pytest.FixtureRequest) -> Iterator[str]:
-    """API URL of the server under test."""
-    if request.param == "external":
-        external = toxiproxy_external_url(request.config)
-        if not external:
-            pytest.skip("no external Toxiproxy (--toxiproxy-url / TOXIPROXY_URL)")
-        yield external if "://" in external else f"http://{external}"
-        return
-    with ToxiproxyServer.in_thread() as server:
-        yield server.url
 
 
 @pytest.fixture
@@ -51,18 +43,6 @@ async def echo() -> AsyncIterator[Upstream]:
         yield upstream
 
 
-def _create(api: str, name: str, upstream: str = "127.0.0.1:9") -> dict[str, Any]:
-    body = {"name": name, "listen": "127.0.0.1:0", "upstream": upstream}
-    status, proxy = call(api, "POST", "/proxies", body)
-    assert status == 201, proxy
-    assert isinstance(proxy, dict)
-    return proxy
-
-
-def _port(proxy: dict[str, Any]) -> int:
-    return int(str(proxy["listen"]).rpartition(":")[2])
-
-
 def _toxic(api: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
     status, toxic = call(api, "POST", f"/proxies/{name}/toxics", body)
     assert status == 200, toxic
@@ -74,7 +54,7 @@ def _toxic(api: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_lenient_toxic_input_is_accepted_as_the_reference(api: str, name: str) -> None:
-    _create(api, name)
+    create_proxy(api, name)
     toxic = _toxic(api, name, {"type": "noop", "stream": "UPSTREAM"})
     assert (toxic["stream"], toxic["name"]) == ("UPSTREAM", "noop_UPSTREAM")  # echoed as sent
     toxic = _toxic(api, name, {"type": "noop", "name": "seven", "toxicity": 7})
@@ -91,9 +71,9 @@ def test_lenient_toxic_input_is_accepted_as_the_reference(api: str, name: str) -
 
 
 def test_unparsable_upstream_is_accepted_and_dialled_per_connection(api: str, name: str) -> None:
-    proxy = _create(api, name, upstream="not an address")
+    proxy = create_proxy(api, name, upstream="not an address")
     assert proxy["upstream"] == "not an address"
-    with socket.create_connection(("127.0.0.1", _port(proxy)), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", listen_port(proxy)), timeout=5) as sock:
         assert sock.recv(10) == b""  # connect succeeded, then EOF (not refused)
 
 
@@ -117,9 +97,9 @@ def test_duplicate_names_in_one_populate(api: str, name: str) -> None:
 async def test_bandwidth_rate_zero_stalls_until_removed(
     api: str, name: str, echo: Upstream
 ) -> None:
-    proxy = _create(api, name, upstream=echo.address)
+    proxy = create_proxy(api, name, upstream=echo.address)
     _toxic(api, name, {"type": "bandwidth", "attributes": {"rate": 0}})
-    async with connect(_port(proxy)) as (reader, writer):
+    async with connect(listen_port(proxy)) as (reader, writer):
         writer.write(b"ping")
         with pytest.raises(TimeoutError):
             await read_exactly(reader, 4, timeout=0.5)  # stalled
@@ -128,10 +108,10 @@ async def test_bandwidth_rate_zero_stalls_until_removed(
 
 
 async def test_toxicity_outside_range_acts_as_bounds(api: str, name: str, echo: Upstream) -> None:
-    proxy = _create(api, name, upstream=echo.address)
+    proxy = create_proxy(api, name, upstream=echo.address)
     _toxic(api, name, {"type": "timeout", "name": "never", "toxicity": -1})  # acts as 0
     _toxic(api, name, {"type": "latency", "toxicity": 7, "attributes": {"latency": -50}})
-    async with connect(_port(proxy)) as (reader, writer):
+    async with connect(listen_port(proxy)) as (reader, writer):
         writer.write(b"ping")
         assert await read_exactly(reader, 4) == b"ping"
 
@@ -168,8 +148,8 @@ def test_populate_answers(api: str, name: str) -> None:
 def test_failed_listen_change_leaves_the_proxy_disabled_at_the_new_address(
     api: str, name: str
 ) -> None:
-    first = _create(api, name)
-    other = _create(api, f"{name}_b")
+    first = create_proxy(api, name)
+    other = create_proxy(api, f"{name}_b")
     status, body = call(api, "PATCH", f"/proxies/{name}", {"listen": other["listen"]})
     assert status == 500, body
     status, proxy = call(api, "GET", f"/proxies/{name}")
@@ -178,7 +158,7 @@ def test_failed_listen_change_leaves_the_proxy_disabled_at_the_new_address(
     assert proxy["listen"] == other["listen"]
     with socket.socket() as sock:
         sock.settimeout(5)
-        assert sock.connect_ex(("127.0.0.1", _port(first))) != 0  # the old port is closed
+        assert sock.connect_ex(("127.0.0.1", listen_port(first))) != 0  # the old port is closed
 
 
 def test_browser_user_agent_is_refused(api: str, name: str) -> None:
@@ -196,8 +176,8 @@ def test_browser_user_agent_is_refused(api: str, name: str) -> None:
 async def test_reset_peer_added_to_an_open_connection_sends_fin(
     api: str, name: str, echo: Upstream
 ) -> None:
-    proxy = _create(api, name, upstream=echo.address)
-    async with connect(_port(proxy)) as (reader, writer):
+    proxy = create_proxy(api, name, upstream=echo.address)
+    async with connect(listen_port(proxy)) as (reader, writer):
         writer.write(b"ping")
         assert await read_exactly(reader, 4) == b"ping"
         _toxic(api, name, {"type": "reset_peer", "attributes": {"timeout": 0}})
@@ -205,7 +185,7 @@ async def test_reset_peer_added_to_an_open_connection_sends_fin(
         async with asyncio.timeout(5):
             assert await reader.read(10) == b""  # a plain FIN: EOF, no ECONNRESET
 
-    async with connect(_port(proxy)) as (reader, writer):  # accepted with the toxic in place
+    async with connect(listen_port(proxy)) as (reader, writer):  # accepted with the toxic in place
         writer.write(b"ping")
         with pytest.raises(ConnectionResetError):
             async with asyncio.timeout(5):
@@ -213,7 +193,7 @@ async def test_reset_peer_added_to_an_open_connection_sends_fin(
 
 
 async def test_concurrent_api_calls_from_20_tasks(api: str, name: str) -> None:
-    _create(api, name)
+    create_proxy(api, name)
     client = AsyncToxiproxyClient(api, timeout=10)
 
     async def one(i: int) -> None:

@@ -16,25 +16,8 @@ from typing import Any
 
 import pytest
 
-from resilient_db.pytest_plugin import toxiproxy_external_url
 from resilient_db.toxiproxy import ToxiproxyAPIError, ToxiproxyClient, ToxiproxyServer
-from tests._toxiproxy_support import call, exchange
-
-
-@pytest.fixture(
-    scope="module",
-    params=["embedded", pytest.param("external", marks=pytest.mark.toxiproxy_external)],
-)
-def api(request: pytest.FixtureRequest) -> Iterator[str]:
-    """API URL of the server under test (external: ``--toxiproxy-url`` / ``TOXIPROXY_URL``)."""
-    if request.param == "external":
-        external = toxiproxy_external_url(request.config)
-        if not external:
-            pytest.skip("no external Toxiproxy (--toxiproxy-url / TOXIPROXY_URL)")
-        yield external if "://" in external else f"http://{external}"
-        return
-    with ToxiproxyServer.in_thread() as server:
-        yield server.url
+from tests._toxiproxy_support import call, create_proxy, exchange, listen_port
 
 
 @pytest.fixture
@@ -51,22 +34,6 @@ def name(api: str) -> Iterator[str]:
     call(api, "DELETE", f"/proxies/{value}")
 
 
-def _create(api: str, name: str, upstream: str = "127.0.0.1:9", **extra: Any) -> dict[str, Any]:
-    status, body = call(
-        api,
-        "POST",
-        "/proxies",
-        {"name": name, "listen": "127.0.0.1:0", "upstream": upstream, **extra},
-    )
-    assert status == 201, body
-    assert isinstance(body, dict)
-    return body
-
-
-def _port(proxy: dict[str, Any]) -> int:
-    return int(str(proxy["listen"]).rpartition(":")[2])
-
-
 def _connect_errno(port: int) -> int:
     with socket.socket() as sock:
         sock.settimeout(5)
@@ -81,12 +48,12 @@ def test_version(api: str) -> None:
 
 
 def test_create_show_list_delete(api: str, name: str) -> None:
-    proxy = _create(api, name)
+    proxy = create_proxy(api, name)
     assert proxy["name"] == name
     assert proxy["upstream"] == "127.0.0.1:9"
     assert proxy["enabled"] is True
     assert proxy["toxics"] == []
-    port = _port(proxy)
+    port = listen_port(proxy)
     assert port != 0
     assert _connect_errno(port) == 0  # already accepting
 
@@ -123,7 +90,7 @@ def test_create_errors(api: str, name: str) -> None:
     status, body = call(api, "POST", "/proxies", {"name": 5, "upstream": "127.0.0.1:9"})
     assert status == 400  # a known field of the wrong JSON type
 
-    proxy = _create(api, name)
+    proxy = create_proxy(api, name)
     status, body = call(
         api, "POST", "/proxies", {"name": name, "upstream": "127.0.0.1:9", "listen": "127.0.0.1:0"}
     )
@@ -144,13 +111,13 @@ def test_create_errors(api: str, name: str) -> None:
 
 
 def test_create_disabled_and_unknown_fields_ignored(api: str, name: str) -> None:
-    proxy = _create(api, name, enabled=False, whatever={"x": 1})
+    proxy = create_proxy(api, name, enabled=False, whatever={"x": 1})
     assert proxy["enabled"] is False
 
 
 def test_disable_enable_same_port(api: str, name: str) -> None:
-    proxy = _create(api, name)
-    port = _port(proxy)
+    proxy = create_proxy(api, name)
+    port = listen_port(proxy)
     status, body = call(api, "PATCH", f"/proxies/{name}", {"enabled": False})
     assert status == 200
     assert body["enabled"] is False
@@ -158,12 +125,12 @@ def test_disable_enable_same_port(api: str, name: str) -> None:
     status, body = call(api, "POST", f"/proxies/{name}", {"enabled": True})  # POST also updates
     assert status == 200
     assert body["enabled"] is True
-    assert _port(body) == port
+    assert listen_port(body) == port
     assert _connect_errno(port) == 0
 
 
 def test_update_upstream_and_listen(api: str, name: str) -> None:
-    proxy = _create(api, name)
+    proxy = create_proxy(api, name)
     status, body = call(api, "PATCH", f"/proxies/{name}", {"upstream": "127.0.0.1:10"})
     assert status == 200
     assert body["upstream"] == "127.0.0.1:10"
@@ -171,14 +138,14 @@ def test_update_upstream_and_listen(api: str, name: str) -> None:
     status, body = call(api, "PATCH", f"/proxies/{name}", {"listen": "127.0.0.1:0"})
     assert status == 200
     assert body["upstream"] == "127.0.0.1:10"
-    assert _port(body) != 0
-    assert _connect_errno(_port(body)) == 0
+    assert listen_port(body) != 0
+    assert _connect_errno(listen_port(body)) == 0
 
 
 def test_update_errors(api: str, name: str) -> None:
     status, body = call(api, "PATCH", "/proxies/rdb_nope_nope", {"enabled": False})
     assert (status, body["error"]) == (404, "proxy not found")
-    _create(api, name)
+    create_proxy(api, name)
     status, body = call(api, "PATCH", f"/proxies/{name}", raw=b"[")
     assert status == 400
     status, body = call(api, "PATCH", f"/proxies/{name}", {"enabled": "no"})
@@ -186,7 +153,7 @@ def test_update_errors(api: str, name: str) -> None:
 
 
 def test_toxic_crud(api: str, name: str) -> None:
-    _create(api, name)
+    create_proxy(api, name)
     base = f"/proxies/{name}/toxics"
     assert call(api, "GET", base) == (200, [])
     status, toxic = call(api, "POST", base, {"type": "latency", "attributes": {"latency": 50}})
@@ -255,7 +222,7 @@ def test_toxic_errors(api: str, name: str) -> None:
     assert (status, body["error"]) == (404, "proxy not found")
     status, body = call(api, "PATCH", "/proxies/rdb_nope_nope/toxics/x", {})
     assert (status, body["error"]) == (404, "proxy not found")
-    _create(api, name)
+    create_proxy(api, name)
     base = f"/proxies/{name}/toxics"
     status, body = call(api, "POST", base, {"type": "nonsense"})
     assert (status, body) == (400, {"error": "invalid toxic type", "status": 400})
@@ -280,7 +247,7 @@ def test_toxic_errors(api: str, name: str) -> None:
 
 
 def test_reset(api: str, name: str) -> None:
-    proxy = _create(api, name)
+    proxy = create_proxy(api, name)
     call(api, "POST", f"/proxies/{name}/toxics", {"type": "latency", "attributes": {"latency": 1}})
     call(api, "PATCH", f"/proxies/{name}", {"enabled": False})
     assert call(api, "POST", "/reset") == (204, None)
@@ -289,7 +256,7 @@ def test_reset(api: str, name: str) -> None:
     assert body["enabled"] is True
     assert body["toxics"] == []
     assert body["listen"] == proxy["listen"]
-    assert _connect_errno(_port(body)) == 0
+    assert _connect_errno(listen_port(body)) == 0
 
 
 def test_populate(api: str, name: str) -> None:

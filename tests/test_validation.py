@@ -15,6 +15,7 @@ from resilient_db import ConfigurationError, ConfigurationTypeError, ResilientDB
 from resilient_db._validate import (
     check_bool,
     check_callable,
+    check_callables,
     check_choice,
     check_int,
     check_number,
@@ -53,6 +54,9 @@ def test_error_classes_fit_the_tree() -> None:
         (lambda: check_text("P", "x", 3), ConfigurationTypeError),
         (lambda: check_choice("P", "x", "fsat", ("fast", "smart")), ConfigurationError),
         (lambda: check_callable("P", "x", 3), ConfigurationTypeError),
+        (lambda: check_callables("P", "x", print), ConfigurationTypeError),  # type: ignore[arg-type]
+        (lambda: check_callables("P", "x", [print, 3]), ConfigurationTypeError),
+        (lambda: check_callables("P", "x", "ab"), ConfigurationTypeError),
         (lambda: check_type("P", "x", 3, str), ConfigurationTypeError),
     ],
 )
@@ -76,6 +80,8 @@ def test_checks_return_good_values() -> None:
     assert check_choice("P", "x", "fast", ("fast", "smart")) == "fast"
     assert check_callable("P", "x", print) is print
     assert check_callable("P", "x", None, allow_none=True) is None
+    assert check_callables("P", "x", iter([print])) == (print,)
+    assert check_callables("P", "x", ()) == ()
     assert check_type("P", "x", "s", str) == "s"
 
 
@@ -137,6 +143,11 @@ def _testing() -> Any:
     return testing
 
 
+def _redis_store(**bad: Any) -> object:
+    # The options are checked before the client is built; nothing connects.
+    return resilient_db.RedisBreakerStore("redis://127.0.0.1:1/0", **{"service": "s", **bad})
+
+
 URL = "postgresql+asyncpg://u@127.0.0.1:1/db"
 
 #: (case id, the call with one bad value, the option its message must name). Every case is
@@ -170,6 +181,47 @@ CASES: list[tuple[str, Callable[[], object], str]] = [
     ("UnitOptions.deadline", lambda: resilient_db.UnitOptions(deadline=-1.0), "deadline"),
     ("transactional.deadline", lambda: resilient_db.transactional(deadline=-1.0), "deadline"),
     ("Database.commit_status.xid", lambda: asyncio.run(_commit_status("x")), "xid"),
+    ("CircuitBreaker.name.empty", lambda: resilient_db.CircuitBreaker(""), "name"),
+    ("CircuitBreaker.name.type", lambda: resilient_db.CircuitBreaker(3), "name"),  # type: ignore[arg-type]
+    (
+        "CircuitBreaker.listeners.one",
+        lambda: resilient_db.CircuitBreaker("db", listeners=print),  # type: ignore[arg-type]
+        "listeners",
+    ),
+    (
+        "CircuitBreaker.listeners.item",
+        lambda: resilient_db.CircuitBreaker("db", listeners=[3]),  # type: ignore[list-item]
+        "listeners",
+    ),
+    (
+        "CircuitBreaker.open_for_max",
+        lambda: resilient_db.CircuitBreaker("db", open_for=10.0, open_for_max=5.0),
+        "open_for_max",
+    ),
+    (
+        "CircuitBreaker.confirm_trips.type",
+        lambda: resilient_db.CircuitBreaker("db", confirm_trips="yes"),  # type: ignore[arg-type]
+        "confirm_trips",
+    ),
+    (
+        "CircuitBreaker.confirm_trips.no_check",
+        lambda: resilient_db.CircuitBreaker("db", confirm_trips=True),
+        "confirm_trips",
+    ),
+    ("CircuitBreaker.clock", lambda: resilient_db.CircuitBreaker("db", clock=3), "clock"),  # type: ignore[arg-type]
+    ("LocalBreakerStore.clock", lambda: resilient_db.LocalBreakerStore(clock=3), "clock"),  # type: ignore[arg-type]
+    ("RetryBudget.clock", lambda: resilient_db.RetryBudget(clock=3), "clock"),  # type: ignore[arg-type]
+    (
+        "RetryBudget.free_categories",
+        lambda: resilient_db.RetryBudget(free_categories="connection_lost"),
+        "free_categories",
+    ),
+    ("RetryPolicy.sleep", lambda: resilient_db.RetryPolicy(sleep=3), "sleep"),  # type: ignore[arg-type]
+    ("RedisBreakerStore.service", lambda: _redis_store(service=""), "service"),
+    ("RedisBreakerStore.call_timeout", lambda: _redis_store(call_timeout=0), "call_timeout"),
+    ("RedisBreakerStore.clock", lambda: _redis_store(clock=3), "clock"),
+    ("RedisBreakerStore.listeners.one", lambda: _redis_store(listeners=print), "listeners"),
+    ("RedisBreakerStore.listeners.item", lambda: _redis_store(listeners=[3]), "listeners"),
 ]
 
 
@@ -230,8 +282,6 @@ MORE_CASES: list[tuple[str, Callable[[], object], str]] = [
         "idle_timeout",
     ),
 ]
-# Still outside the format: CircuitBreaker("") (a name check of its own) and
-# LocalBreakerStore(clock=3), which is accepted.
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resilient_db._errors import ConfigurationError
+from resilient_db._validate import check_callable, check_callables, config_error
 from resilient_db.fleet._scripts import PUBLISH, READ
 from resilient_db.policies import DecisionSink, FleetDecision
 
@@ -66,16 +67,19 @@ class FleetStatistics:
     pending_writes: int
 
 
-def _seconds(option: str, value: object, fix: str) -> float:
+def _seconds(option: str, value: object, example: str) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
         or value <= 0
     ):
-        raise ConfigurationError(
-            f"RedisBreakerStore({option}={value!r}) is invalid: must be a finite number of "
-            f"seconds > 0; {fix}"
+        raise config_error(
+            "RedisBreakerStore",
+            option,
+            value,
+            "a finite number of seconds > 0",
+            f"pass e.g. {option}={example}",
         )
     return float(value)
 
@@ -123,16 +127,27 @@ class RedisBreakerStore:
     ) -> None:
         for option, text in (("service", service), ("prefix", prefix)):
             if not isinstance(text, str) or not text or any(c in text for c in " {}"):
-                raise ConfigurationError(
-                    f"RedisBreakerStore({option}={text!r}) is invalid: must be a non-empty str "
-                    "without spaces or braces, e.g. service='billing-api'"
+                raise config_error(
+                    "RedisBreakerStore",
+                    option,
+                    text,
+                    "a non-empty str without spaces or braces",
+                    f"pass e.g. {option}='billing-api'",
                 )
         self.service = service
         self.prefix = prefix
-        self.refresh_interval = _seconds("refresh_interval", refresh_interval, "e.g. 0.1")
-        self.call_timeout = _seconds("call_timeout", call_timeout, "e.g. 0.05")
-        self.key_ttl = _seconds("key_ttl", key_ttl, "e.g. 3600")
-        self.listeners = list(listeners)
+        self.refresh_interval = _seconds("refresh_interval", refresh_interval, "0.1")
+        self.call_timeout = _seconds("call_timeout", call_timeout, "0.05")
+        self.key_ttl = _seconds("key_ttl", key_ttl, "3600")
+        self.listeners = list(
+            check_callables(
+                "RedisBreakerStore",
+                "listeners",
+                listeners,
+                fix="pass a list of callables taking a FleetEvent, e.g. listeners=[on_event]",
+            )
+        )
+        check_callable("RedisBreakerStore", "clock", clock, fix="pass time.monotonic or a fake")
         self._clock = clock
         self._redis = _client(redis, self.call_timeout)
         self._token = secrets.token_hex(8)

@@ -41,8 +41,14 @@ from typing import Final
 
 import anyio
 
-from resilient_db._errors import CircuitOpenError, ConfigurationError
-from resilient_db.policies._breaker_config import BreakerConfig, check_callable, default_is_failure
+from resilient_db._errors import CircuitOpenError
+from resilient_db.policies._breaker_config import (
+    BreakerConfig,
+    check_callable,
+    check_listeners,
+    check_name,
+    default_is_failure,
+)
 from resilient_db.policies._breaker_events import (
     BreakerEvent,
     BreakerListener,
@@ -180,12 +186,7 @@ class CircuitBreaker(GuardMixin):
         random: RandomSource = default_random,
         store: BreakerStore | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(
-                f"CircuitBreaker(name={name!r}) is invalid: must be a non-empty str; "
-                "name it after the endpoint, e.g. 'db-primary'"
-            )
-        self.name = name
+        self.name = check_name(name)
         self._configure(
             BreakerConfig(
                 window=window,
@@ -211,9 +212,7 @@ class CircuitBreaker(GuardMixin):
                 random=random,
             )
         )
-        self._emitter = Emitter(name)
-        for listener in listeners:
-            self.add_listener(listener)
+        self._emitter = Emitter(name, check_listeners(listeners))
         self._store = store
         if store is not None:
             store.bind(name, self._adopt)

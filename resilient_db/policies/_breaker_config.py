@@ -7,14 +7,17 @@ allowed range and an example fix, never a deep traceback.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from resilient_db._errors import CircuitOpenError, ConfigurationError
-from resilient_db._validate import config_error
+from resilient_db._errors import CircuitOpenError
+from resilient_db._validate import check_callables, check_text, config_error
 from resilient_db.policies._clock import Clock, RandomSource, default_clock, default_random
 
-__all__ = ["BreakerConfig", "check_callable", "default_is_failure"]
+__all__ = ["BreakerConfig", "check_callable", "check_listeners", "check_name", "default_is_failure"]
+
+T = TypeVar("T")
 
 
 def default_is_failure(exc: BaseException) -> bool | None:
@@ -66,6 +69,52 @@ def check_callable(option: str, value: object, fix: str) -> None:
         raise config_error("CircuitBreaker", option, value, "callable", _fix(fix))
 
 
+def check_name(name: object) -> str:
+    """The breaker's name: a non-empty string."""
+    return check_text(
+        "CircuitBreaker", "name", name, fix="name it after the endpoint, e.g. 'db-primary'"
+    )
+
+
+def check_listeners(listeners: Iterable[T]) -> tuple[T, ...]:
+    """The breaker's listeners: an iterable of callables taking a ``BreakerEvent``."""
+    return check_callables(
+        "CircuitBreaker",
+        "listeners",
+        listeners,
+        fix="pass a list of callables taking a BreakerEvent, e.g. listeners=[on_event]",
+    )
+
+
+def _check_pairs(cfg: BreakerConfig) -> None:
+    """The checks of one option against another."""
+    if cfg.open_for_max < cfg.open_for:
+        raise config_error(
+            "CircuitBreaker",
+            "open_for_max",
+            cfg.open_for_max,
+            f">= open_for ({cfg.open_for!r})",
+            "raise open_for_max or lower open_for",
+        )
+    if cfg.confirm_trips is not None and not isinstance(cfg.confirm_trips, bool):
+        raise config_error(
+            "CircuitBreaker",
+            "confirm_trips",
+            cfg.confirm_trips,
+            "True, False or None (None: confirm when a health_check is given)",
+            "pass confirm_trips=True, False or None",
+            wrong_type=True,
+        )
+    if cfg.confirm_trips and cfg.health_check is None:
+        raise config_error(
+            "CircuitBreaker",
+            "confirm_trips",
+            True,
+            "False or None without a health_check (confirming a trip needs a health_check)",
+            "pass health_check=engine_health_check(engine), or confirm_trips=None",
+        )
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BreakerConfig:
     """Validated breaker options (see :class:`~resilient_db.CircuitBreaker`)."""
@@ -114,11 +163,6 @@ class BreakerConfig:
         _int("half_open_permits", self.half_open_permits, fix="use e.g. half_open_permits=1")
         _num("open_for", self.open_for, low=0.0, fix="use seconds, e.g. 5.0")
         _num("open_for_max", self.open_for_max, low=0.0, fix="use seconds, e.g. 60.0")
-        if self.open_for_max < self.open_for:
-            raise ConfigurationError(
-                f"CircuitBreaker(open_for_max={self.open_for_max!r}) is invalid: must be >= "
-                f"open_for ({self.open_for!r}); raise open_for_max or lower open_for"
-            )
         _num("open_growth", self.open_growth, low=1.0, strict=False, fix="use e.g. 2.0 (1 = fixed)")
         _num("open_jitter", self.open_jitter, low=0.0, high=0.99, strict=False, fix="use e.g. 0.2")
         _opt_num(
@@ -133,16 +177,7 @@ class BreakerConfig:
         _num("probe_interval", self.probe_interval, low=0.0, fix="use seconds, e.g. 0.5")
         _num("probe_timeout", self.probe_timeout, low=0.0, fix="use seconds, e.g. 2.0")
         _num("confirm_timeout", self.confirm_timeout, low=0.0, fix="use seconds, e.g. 0.5")
-        if self.confirm_trips is not None and not isinstance(self.confirm_trips, bool):
-            raise ConfigurationError(
-                f"CircuitBreaker(confirm_trips={self.confirm_trips!r}) is invalid: must be "
-                "True, False or None (None: confirm when a health_check is given)"
-            )
-        if self.confirm_trips and self.health_check is None:
-            raise ConfigurationError(
-                "CircuitBreaker(confirm_trips=True) needs a health_check to confirm trips "
-                "with; pass health_check=engine_health_check(engine)"
-            )
+        _check_pairs(self)
         check_callable("is_failure", self.is_failure, "return True/False/None for an exception")
         check_callable("clock", self.clock, "pass time.monotonic or a fake clock")
         check_callable("random", self.random, "pass random.random or a fake")

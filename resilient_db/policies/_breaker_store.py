@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from resilient_db._validate import check_callable
+
 __all__ = ["BreakerStore", "DecisionSink", "FleetDecision", "LocalBreakerStore"]
 
 
@@ -64,9 +66,13 @@ class BreakerStore(Protocol):
 
 
 class LocalBreakerStore:
-    """In-process store: breakers of one process with the same name share decisions."""
+    """In-process store: breakers of one process with the same name share decisions.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    ``clock`` (keyword-only, default :func:`time.monotonic`) times open decisions and leases.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        check_callable("LocalBreakerStore", "clock", clock, fix="pass time.monotonic or a fake")
         self._clock = clock
         self._sinks: dict[str, list[DecisionSink]] = {}
         self._generation: dict[str, int] = {}

@@ -44,8 +44,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from resilient_db._errors import ConfigurationError
-from resilient_db._validate import config_error
+from resilient_db._validate import check_callable, config_error
 from resilient_db.policies._clock import Clock, default_clock
 
 __all__ = ["DEFAULT_FREE_CATEGORIES", "BudgetStatistics", "RetryBudget"]
@@ -96,9 +95,13 @@ def _check_categories(value: object) -> frozenset[str]:
         items = tuple(value)  # type: ignore[arg-type]
         ok = all(isinstance(c, str) for c in items)
     if not ok:
-        raise ConfigurationError(
-            f"RetryBudget(free_categories={value!r}) must be an iterable of category names, "
-            "e.g. free_categories={'connection_lost'}, or frozenset() to make every retry pay"
+        raise config_error(
+            "RetryBudget",
+            "free_categories",
+            value,
+            "an iterable of category names (str)",
+            "pass e.g. free_categories={'connection_lost'}, or frozenset() to make every retry pay",
+            wrong_type=True,
         )
     return frozenset(str(c) for c in items)
 
@@ -147,11 +150,9 @@ class RetryBudget:
             "per_second", per_second, low=0.0, fix="use e.g. per_second=10, or 0 to disable"
         )
         self.free_categories = _check_categories(free_categories)
-        if not callable(clock):
-            raise ConfigurationError(
-                f"RetryBudget(clock=...) must be a callable returning seconds, got {clock!r}; "
-                "pass time.monotonic or a fake clock"
-            )
+        check_callable(
+            "RetryBudget", "clock", clock, fix="pass time.monotonic or a fake clock (seconds)"
+        )
         self._clock = clock
         self._tokens = self.max_tokens
         self._last = clock()

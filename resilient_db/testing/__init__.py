@@ -8,9 +8,9 @@ PostgreSQL server binaries, psycopg 3 and psutil (the ``testing`` extra); they n
 any other server.
 
 Modules, one job each: ``_binaries`` (finding and running the server binaries),
-``_procs`` (process trees, via psutil), ``_watchdog`` (the process that cleans up after a
-killed test run, ``python -m resilient_db.testing._watchdog``), ``_reaper`` (starting it,
-and the finalizer), ``_templates`` (settings and the initdb template), ``_server`` (a
+``_procs`` (process trees, via psutil; run by path it is the watchdog, the process that
+cleans up after a killed test run), ``_reaper`` (starting the watchdog, and the
+finalizer), ``_templates`` (settings and the initdb template), ``_server`` (a
 handle on one server's directory, its queries) and ``_cluster`` (creation, lifecycle,
 faults).
 """

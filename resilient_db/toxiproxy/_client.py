@@ -10,12 +10,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 from resilient_db.toxiproxy._base import ClientBase, Ops, ProxyInfo, ToxicInfo, ToxiproxyAPIError
 from resilient_db.toxiproxy._legacy import legacy_toxiproxy
 
 __all__ = ["AsyncToxiproxyClient", "ToxiproxyClient"]
+
+
+class ToxicSpec(TypedDict, total=False):
+    """The keyword arguments of ``add_toxic`` (its defaults apply), which ``toxic`` forwards."""
+
+    type: Required[str]
+    name: str | None
+    stream: str
+    toxicity: float
+    attributes: Mapping[str, int] | None
 
 
 def _gone(exc: ToxiproxyAPIError) -> None:
@@ -135,20 +145,9 @@ class ToxiproxyClient(ClientBase):
         self._call(Ops.remove_toxic(proxy, name))
 
     @contextmanager
-    def toxic(
-        self,
-        proxy: str,
-        *,
-        type: str,
-        name: str | None = None,
-        stream: str = "downstream",
-        toxicity: float = 1.0,
-        attributes: Mapping[str, int] | None = None,
-    ) -> Iterator[ToxicInfo]:
-        """Add a toxic for the ``with`` block; it is removed even on error."""
-        info = self.add_toxic(
-            proxy, type=type, name=name, stream=stream, toxicity=toxicity, attributes=attributes
-        )
+    def toxic(self, proxy: str, **spec: Unpack[ToxicSpec]) -> Iterator[ToxicInfo]:
+        """:meth:`add_toxic` for the ``with`` block; the toxic is removed even on error."""
+        info = self.add_toxic(proxy, **spec)
         try:
             yield info
         finally:
@@ -283,20 +282,9 @@ class AsyncToxiproxyClient(ClientBase):
         await self._acall(Ops.remove_toxic(proxy, name))
 
     @asynccontextmanager
-    async def toxic(
-        self,
-        proxy: str,
-        *,
-        type: str,
-        name: str | None = None,
-        stream: str = "downstream",
-        toxicity: float = 1.0,
-        attributes: Mapping[str, int] | None = None,
-    ) -> AsyncIterator[ToxicInfo]:
-        """Add a toxic for the ``async with`` block; it is removed even on error."""
-        info = await self.add_toxic(
-            proxy, type=type, name=name, stream=stream, toxicity=toxicity, attributes=attributes
-        )
+    async def toxic(self, proxy: str, **spec: Unpack[ToxicSpec]) -> AsyncIterator[ToxicInfo]:
+        """:meth:`add_toxic` for the ``async with`` block; the toxic is removed even on error."""
+        info = await self.add_toxic(proxy, **spec)
         try:
             yield info
         finally:

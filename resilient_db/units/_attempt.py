@@ -21,7 +21,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from resilient_db._errors import AlreadyApplied, CircuitOpenError
 from resilient_db.classify import Classification, ErrorKind, Phase
@@ -33,6 +34,7 @@ from resilient_db.units._doubt import LostCommit
 from resilient_db.units._keys import KeyRecord
 from resilient_db.units._options import UnitEvent
 from resilient_db.units._outcome import Committed, Ended, Opened, Outcome, Raise, Replayed, Retry
+from resilient_db.units._session import BEGAN
 
 __all__ = ["Attempt", "run_attempt"]
 
@@ -86,7 +88,7 @@ class Attempt(LostCommit[T]):
         self.ctx = ctx
         self.call = call
         self.session: AsyncSession | None = None
-        self.conn: AsyncConnection | None = None
+        self.conn: Connection | None = None
         self.permit: BreakerPermit | None = None
         self.phase = Phase.CHECKOUT
         self.ident: TxnIdentity | None = None
@@ -117,17 +119,30 @@ class Attempt(LostCommit[T]):
                     return exc  # the deadline does not outlast the breaker: fail now
                 await ctx.retry.sleep(wait)  # bounded: by the deadline (just checked)
 
-    async def begin(self) -> AsyncSession:
-        """Check out a connection and BEGIN (raises; the caller hands errors to fail())."""
+    def open(self) -> AsyncSession:
+        """A fresh session; the connection is checked out lazily, by the first statement
+        (no extra round trip into SQLAlchemy's greenlet): :meth:`began` marks the phase."""
         ctx = self.ctx
         self.started = ctx.clock()
         session = self.session = ctx.make_session()
+        session.sync_session.info[BEGAN] = self.began
         self.token = enter(ctx.key, session)
-        conn = self.conn = await session.connection(
+        return session
+
+    def began(self, conn: Connection) -> None:
+        """SQLAlchemy's ``after_begin``: checkout and BEGIN done, the statements start."""
+        if self.conn is None:
+            self.conn = conn
+            conn.info.pop(WROTE_KEY, None)
+            self.phase = Phase.STATEMENT
+
+    async def begin(self) -> AsyncSession:
+        """Open a session, check out a connection and BEGIN now (raises; the caller hands
+        errors to fail()): the block forms and read-only units."""
+        session = self.open()
+        await session.connection(
             execution_options=_READ_ONLY if self.call.options.read_only else None
         )
-        conn.sync_connection.info.pop(WROTE_KEY, None)  # type: ignore[union-attr]
-        self.phase = Phase.STATEMENT
         return session
 
     async def commit(self) -> bool:
@@ -140,10 +155,9 @@ class Attempt(LostCommit[T]):
             sync = session.sync_session
             if sync.new or sync.deleted or sync.dirty:
                 await session.flush()  # COMMIT would flush anyway; capture after it
-            conn = self.conn
-            assert conn is not None
             # Read now: after a lost COMMIT the connection may be closed (never touch it).
-            self.wrote = bool(conn.sync_connection.info.get(WROTE_KEY))  # type: ignore[union-attr]
+            conn = self.conn
+            self.wrote = conn is not None and bool(conn.info.get(WROTE_KEY))
             if key is not None:  # the key's insert replaces the xid capture
                 record = self.record = await self.ctx.ledger.record(session, key, self.result)
                 if not record.inserted:
@@ -219,7 +233,7 @@ class Attempt(LostCommit[T]):
         """
         try:
             assert self.conn is not None
-            raw: Any = self.conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+            raw: Any = self.conn.connection.driver_connection
         except Exception:
             raw = None
         if raw is not None and server_in_hot_standby(raw):
@@ -346,7 +360,7 @@ async def run_attempt(
     if rejected is not None:
         return Raise(rejected)
     try:
-        session = await a.begin()
+        session = await a.begin() if call.options.read_only else a.open()
         a.result = await body(session)
         applied = await a.commit()
     except BaseException as exc:

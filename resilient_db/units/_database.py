@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -24,7 +24,7 @@ from resilient_db.engine import EndpointKey, endpoint_key, engine_health_check, 
 from resilient_db.policies import CircuitBreaker, Clock, RetryBudget, RetryPolicy, default_clock
 from resilient_db.units._blocks import Attempts, Transaction
 from resilient_db.units._commit import CommitOutcome, CommitResolutions, transaction_status
-from resilient_db.units._context import Reporter, UnitContext, drain, joinable
+from resilient_db.units._context import Active, Reporter, UnitContext, drain, joinable
 from resilient_db.units._keys import Ledger
 from resilient_db.units._options import (
     _DEFAULT,
@@ -275,25 +275,29 @@ class Database:
             returns the stored result (or raises ``AlreadyApplied``) without committing
             anything.
             """
-            return await self._run(fn, args, kwargs, key)
+            # Flat on purpose: each await inside the unit resumes every frame above the
+            # attempt (run -> run_unit -> run_attempt). Joining is decided here, on the
+            # task that awaits (a task created inside a unit never joins it).
+            active = joinable(self._ctx.key)
+            if active is not None:
+                return await self._joined(active, fn, args, kwargs, key)
 
-    async def _run(
+            def body(session):
+                return _awaited(fn, fn(session, *args, **kwargs))
+
+            return await self._run_unit(body, self.options, key)
+
+    async def _joined(
         self,
+        active: Active,
         fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         key: object,
     ) -> T:
-        active = joinable(self._ctx.key)
-        if active is not None:
-            if key is not None:
-                await self._record_joined(active.session, key)
-            return await _awaited(fn, fn(active.session, *args, **kwargs))
-
-        def body(session: AsyncSession) -> Awaitable[T]:
-            return _awaited(fn, fn(session, *args, **kwargs))
-
-        return await self._run_unit(body, self.options, key)
+        if key is not None:
+            await self._record_joined(active.session, key)
+        return await _awaited(fn, fn(active.session, *args, **kwargs))
 
     async def _record_joined(self, session: AsyncSession, key: object) -> None:
         """A keyed unit inside another one: its key goes into the outer transaction."""
@@ -302,16 +306,16 @@ class Database:
             assert record.previous is not None
             raise record.previous.already_applied()
 
-    async def _run_unit(
+    def _run_unit(
         self,
         body: Callable[[AsyncSession], Awaitable[T]],
         options: UnitOptions,
         key: object = None,
-    ) -> T:
+    ) -> Coroutine[Any, Any, T]:
         """``body`` as one unit with ``options`` (already merged) and operation ``key``."""
         if self._closed:
             self._check_open()
-        return await run_unit(self._ctx, options, body, self._key(key, options))
+        return run_unit(self._ctx, options, body, self._key(key, options))
 
     def _key(self, key: object, options: UnitOptions) -> str | None:
         if key is None:

@@ -28,7 +28,7 @@ from resilient_db.units._context import Call, UnitContext
 from resilient_db.units._options import DeadlineExceeded, UnitEvent, UnitOptions
 from resilient_db.units._outcome import Outcome, Raise, Retry
 
-__all__ = ["deadline_error", "drive", "finished", "open_unit", "run_unit", "started"]
+__all__ = ["deadline_error", "drive", "finished", "open_unit", "run_unit", "settle", "started"]
 
 T = TypeVar("T")
 
@@ -40,31 +40,46 @@ async def run_unit(
     key: str | None = None,
 ) -> T:
     """Run ``body`` as one unit of work (retried whole) within ``options.deadline``;
-    ``key`` (normalised) is its operation key, recorded in the ledger."""
+    ``key`` (normalised) is its operation key, recorded in the ledger.
+
+    One coroutine frame above the attempt on the happy path: every await inside the unit
+    resumes each frame above it, so the layers are kept flat.
+    """
     call = Call(options, ctx.clock(), key)
-    if ctx.reporter.listeners:
+    listening = bool(ctx.reporter.listeners)
+    if listening:
         started(ctx, call)
-        try:
-            result = await _run(ctx, call, body)
-        except BaseException as exc:
-            finished(ctx, call, exc)
-            raise
-        finished(ctx, call, None)
-        return result
-    return await _run(ctx, call, body)
-
-
-async def _run(ctx: UnitContext, call: Call, body: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    if not call.arm(ctx.clock):
-        return await drive(ctx, call, lambda: run_attempt(ctx, call, body))
+    armed = call.arm(ctx.clock)
+    expired = False
     try:
-        return await drive(ctx, call, lambda: run_attempt(ctx, call, body))
-    except asyncio.CancelledError:
-        if not call.own_deadline():
+        outcome = await run_attempt(ctx, call, body)
+        if isinstance(outcome, Retry | Raise):
+            result = await settle(ctx, call, outcome, lambda: run_attempt(ctx, call, body))
+        else:
+            if ctx.budget is not None:
+                ctx.budget.deposit()
+            result = outcome.value
+    except asyncio.CancelledError as exc:
+        if not (armed and call.own_deadline()):
+            if listening:
+                finished(ctx, call, exc)
             raise  # the caller's cancellation: never swallowed
+        expired = True
+    except BaseException as exc:
+        if listening:
+            finished(ctx, call, exc)
+        raise
     finally:
-        call.disarm()
-    raise deadline_error(ctx, call)
+        if armed:
+            call.disarm()
+    if expired:
+        error = deadline_error(ctx, call)
+        if listening:
+            finished(ctx, call, error)
+        raise error
+    if listening:
+        finished(ctx, call, None)
+    return result
 
 
 async def open_unit(ctx: UnitContext, call: Call) -> Attempt[Any]:
@@ -80,6 +95,17 @@ async def drive(ctx: UnitContext, call: Call, step: Callable[[], Awaitable[Outco
         if ctx.budget is not None:
             ctx.budget.deposit()
         return outcome.value
+    return await settle(ctx, call, outcome, step)
+
+
+async def settle(
+    ctx: UnitContext,
+    call: Call,
+    outcome: Retry | Raise,
+    step: Callable[[], Awaitable[Outcome[T]]],
+) -> T:
+    """After a first attempt that did not succeed: raise, or retry ``step`` (tenacity)
+    until it succeeds, raises, or the retry policy stops."""
     if isinstance(outcome, Raise):
         raise _annotated(call, outcome.error)
     options = call.options
@@ -96,19 +122,19 @@ async def drive(ctx: UnitContext, call: Call, step: Callable[[], Awaitable[Outco
     )
     while True:
         await loop.backoff()  # raises the last original error when the policy stops
-        outcome = await step()
-        if isinstance(outcome, Retry):
-            loop.failed(outcome.error, outcome.decision)
+        step_outcome = await step()
+        if isinstance(step_outcome, Retry):
+            loop.failed(step_outcome.error, step_outcome.decision)
             continue
-        if isinstance(outcome, Raise):
-            error = outcome.error
+        if isinstance(step_outcome, Raise):
+            error = step_outcome.error
             if isinstance(error, Exception):
                 loop.not_retryable(error)
             else:
                 loop.cancelled()
             raise _annotated(call, error)
         loop.succeeded()
-        return outcome.value
+        return step_outcome.value
 
 
 def started(ctx: UnitContext, call: Call) -> None:

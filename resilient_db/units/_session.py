@@ -7,7 +7,10 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
 
 from resilient_db._validate import check_callable, check_type, config_error, unknown_option
 from resilient_db.classify import Classifier
@@ -15,7 +18,10 @@ from resilient_db.policies import CircuitBreaker, RetryBudget, RetryPolicy
 from resilient_db.units._keys import Ledger
 from resilient_db.units._options import _DEFAULT, _flag, _seconds
 
-__all__ = ["check_options", "did_you_mean", "session_factory"]
+__all__ = ["BEGAN", "check_options", "did_you_mean", "session_factory"]
+
+#: ``session.info`` key of the attempt's ``began(connection)`` callback (``after_begin``).
+BEGAN = "resilient_db.began"
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -69,7 +75,27 @@ def session_factory(engine: AsyncEngine, options: object) -> Callable[[], AsyncS
             f"accepted by AsyncSession ({exc})",
             "see sqlalchemy.orm.Session() for its options",
         ) from None
+    merged["sync_session_class"] = _unit_session_class(merged.get("sync_session_class", Session))
     return functools.partial(AsyncSession, engine, **merged)
+
+
+_unit_classes: dict[type[Session], type[Session]] = {}
+
+
+def _after_begin(session: Session, transaction: SessionTransaction, conn: Connection) -> None:
+    began = session.info.get(BEGAN)
+    if began is not None:
+        began(conn)
+
+
+def _unit_session_class(base: type[Session]) -> type[Session]:
+    """A subclass of the session class whose ``after_begin`` tells the attempt that the
+    checkout is over (its own listener: other sessions of ``base`` are not touched)."""
+    cls = _unit_classes.get(base)
+    if cls is None:
+        cls = _unit_classes[base] = type(f"Unit{base.__name__}", (base,), {})
+        event.listen(cls, "after_begin", _after_begin)
+    return cls
 
 
 def check_options(given: dict[str, Any]) -> None:
