@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -25,15 +25,23 @@ from resilient_db.classify import default_classifier
 from resilient_db.policies import RetryPolicy
 
 __all__ = [
+    "ASK_TIMEOUT",
     "CommitOutcome",
     "CommitResolutions",
+    "Doubts",
     "TxnIdentity",
     "capture_identity",
+    "end_holder",
+    "fresh_connection",
     "resolve_commit",
     "transaction_status",
+    "transient_error",
 ]
 
 logger = logging.getLogger("resilient_db")
+
+R = TypeVar("R")  # what a resolution starts from (an operation key's record)
+S = TypeVar("S")  # what it finds (the key's state)
 
 # The WAL timeline (the first 8 hex digits of the current WAL file name) tells a resolution
 # whether it talks to the same history: a standby promoted after a failover starts a new
@@ -94,7 +102,7 @@ async def capture_identity(
 
 
 @asynccontextmanager
-async def _fresh(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+async def fresh_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A connection whose release stays cancellable (``async with engine.connect()`` would
     shield its close, which a frozen socket can hold forever); invalidated on any error."""
     conn = await engine.connect()
@@ -114,7 +122,7 @@ async def _fresh(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 async def _status(engine: AsyncEngine, ident: TxnIdentity) -> str | None:
     """``pg_xact_status`` of ``ident``; ``"other timeline"`` when the server's history is not
     the one the xid was assigned in, ``"in recovery"`` on a standby (not authoritative)."""
-    async with _fresh(engine) as conn:
+    async with fresh_connection(engine) as conn:
         query = _STATUS if ident.timeline is not None else _STATUS_NO_TIMELINE
         row: Any = (await conn.execute(query, {"xid": str(ident.xid)})).one()
     value, timeline = row
@@ -143,11 +151,18 @@ def _after_restart(value: str | None) -> str | None:
 
 
 async def _terminate(engine: AsyncEngine, ident: TxnIdentity) -> None:
-    async with _fresh(engine) as conn:
-        await conn.execute(_TERMINATE, {"pid": ident.backend_pid, "xid32": ident.xid & 0xFFFFFFFF})
+    async with fresh_connection(engine) as conn:
+        await end_holder(conn, ident.backend_pid, ident.xid)
 
 
-def _transient(exc: BaseException) -> bool:
+async def end_holder(conn: AsyncConnection, pid: int, xid: int) -> bool:
+    """Terminate backend ``pid`` if it still holds transaction ``xid``; True if it did."""
+    params = {"pid": pid, "xid32": str(xid & 0xFFFFFFFF)}
+    return (await conn.execute(_TERMINATE, params)).first() is not None
+
+
+def transient_error(exc: BaseException) -> bool:
+    """Whether asking again may get an answer (the classifier's verdict on ``exc``)."""
     return default_classifier().classify(exc).retryable
 
 
@@ -155,7 +170,7 @@ def _transient(exc: BaseException) -> bool:
 #: to 0.5 s), so a server that is coming back is asked promptly and a dead one gently.
 #: Each question gets this long: a connection attempt stuck on a frozen network is dropped
 #: and the next poll opens a new one (which reaches the server once the network heals).
-_ASK_TIMEOUT: Final = 1.0
+ASK_TIMEOUT: Final = 1.0
 _POLL: Final = RetryPolicy(initial=0.05, multiplier=2.0, max_backoff=0.5, jitter="none")
 
 
@@ -182,10 +197,10 @@ async def _poll(engine: AsyncEngine, ident: TxnIdentity) -> CommitOutcome:
     while True:
         polls += 1
         try:
-            async with asyncio.timeout(_ASK_TIMEOUT):  # a frozen socket: ask again, anew
+            async with asyncio.timeout(ASK_TIMEOUT):  # a frozen socket: ask again, anew
                 status = await _status(engine, ident)
         except Exception as exc:
-            if not isinstance(exc, TimeoutError) and not _transient(exc):
+            if not isinstance(exc, TimeoutError) and not transient_error(exc):
                 logger.warning(
                     "commit.resolve_failed",
                     extra={"xid": ident.xid, "error_type": type(exc).__qualname__},
@@ -230,16 +245,25 @@ class CommitResolutions:
 
     A unit whose COMMIT is in doubt at its deadline raises ``CommitOutcomeUnknown`` at once;
     its resolution goes on here (bounded by its own timeout), reports ``commit.resolved``
-    through ``report`` and stays answerable through :meth:`lookup` (the last ``keep``).
+    through ``report`` and stays answerable through :meth:`lookup` (the last ``keep``). A
+    keyed unit's resolution asks the ledger (a :class:`Doubts` task, answered by
+    ``Ledger.lookup``) and is handed to :meth:`track`, so :meth:`drain` waits for it too.
     """
 
-    __slots__ = ("_done", "_engine", "_keep", "_running")
+    __slots__ = ("_done", "_engine", "_keep", "_running", "_tracked")
 
     def __init__(self, engine: AsyncEngine, *, keep: int = 1024) -> None:
         self._engine = engine
         self._keep = keep
         self._running: dict[int, asyncio.Task[CommitOutcome]] = {}
         self._done: OrderedDict[int, tuple[str | None, CommitOutcome]] = OrderedDict()
+        self._tracked: set[asyncio.Future[Any]] = set()
+
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """Let :meth:`drain` wait for ``task`` too (a resolution that runs elsewhere)."""
+        if not task.done():
+            self._tracked.add(task)
+            task.add_done_callback(self._tracked.discard)
 
     def start(
         self,
@@ -285,8 +309,67 @@ class CommitResolutions:
 
     async def drain(self, seconds: float) -> None:
         """Wait (at most ``seconds``) for the running resolutions."""
-        if self._running:
-            await asyncio.wait(list(self._running.values()), timeout=seconds)
+        pending: list[asyncio.Future[Any]] = [*self._running.values(), *self._tracked]
+        if pending:
+            await asyncio.wait(pending, timeout=seconds)
+
+
+class Doubts(Generic[R, S]):
+    """Background resolutions found by name (an operation key's), for one engine: those
+    running in this process, and the records of those that gave up (the last ``keep``), so
+    that a later question can still end the backend that may hold the transaction."""
+
+    __slots__ = ("_keep", "running", "unsettled")
+
+    def __init__(self, *, keep: int = 1024) -> None:
+        self._keep = keep
+        self.running: dict[tuple[Hashable, Hashable], asyncio.Task[S | None]] = {}
+        self.unsettled: OrderedDict[Hashable, R] = OrderedDict()
+
+    def start(
+        self,
+        name: Hashable,
+        ident: Hashable,
+        record: R,
+        work: Callable[[], Awaitable[S | None]],
+        report: Callable[[S | None], None],
+    ) -> asyncio.Task[S | None]:
+        """Run ``work`` in a task of its own (joins one running for ``(name, ident)``);
+        ``report`` hears its answer (``None``: it gave up) before the task ends."""
+
+        async def run() -> S | None:
+            try:
+                state = await work()
+            finally:
+                self.running.pop((name, ident), None)
+            self.unsettled.pop(name, None)
+            if state is None:
+                self.unsettled[name] = record
+                while len(self.unsettled) > self._keep:
+                    self.unsettled.popitem(last=False)
+            try:
+                report(state)  # before the task completes: waiters see the event first
+            except Exception:
+                logger.exception("commit.report_failed")
+            return state
+
+        task = self.running.get((name, ident))
+        if task is None:
+            task = self.running[(name, ident)] = asyncio.ensure_future(run())
+        return task
+
+    async def wait(self, name: Hashable, timeout: float) -> tuple[S | None, R | None]:
+        """Wait for ``name``'s running resolutions: the state one found, else the record of
+        one that gave up; raises :class:`TimeoutError` when they outlast ``timeout``."""
+        tasks = [task for (n, _), task in self.running.items() if n == name]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(timeout, 0.0))
+            if pending:
+                raise TimeoutError(f"the resolution did not end within {timeout:g}s")
+            for task in tasks:
+                if (state := task.result()) is not None:
+                    return state, None
+        return None, self.unsettled.get(name)
 
 
 async def transaction_status(

@@ -2,14 +2,17 @@
 
 The connection died during COMMIT (or the deadline fired while it was in flight): the
 outcome is committed (the unit succeeded), aborted (safe to run again) or in doubt
-(``CommitOutcomeUnknown`` at once; an xid-identified transaction keeps being resolved in the
-background, reported as ``commit.resolved`` and answered by ``db.commit_status``). A unit
-with an operation key asks the ledger instead of ``pg_xact_status``.
+(``CommitOutcomeUnknown`` at once). Either way the resolution runs in a task of its own and
+goes on in the background after the caller heard "in doubt" (bounded: what was left of the
+deadline plus ``resolve_timeout``), reported as ``commit.resolved``. An xid-identified
+transaction asks ``pg_xact_status`` (answered by ``db.commit_status(xid)``); a unit with an
+operation key asks the ledger whether its key is there (answered by ``ledger.lookup``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Generic, TypeVar
 
 from resilient_db._errors import CommitOutcomeUnknown
@@ -17,12 +20,15 @@ from resilient_db.classify import Classification
 from resilient_db.policies import RetryDecision
 from resilient_db.units._commit import CommitOutcome, TxnIdentity
 from resilient_db.units._context import Call, UnitContext
-from resilient_db.units._keys import KeyRecord
+from resilient_db.units._keys import KeyRecord, KeyState, key_doubts
 from resilient_db.units._outcome import Committed, Ended, Raise, Retry
 
 __all__ = ["LostCommit"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+_KEY_OUTCOME = {True: CommitOutcome.COMMITTED, False: CommitOutcome.ABORTED}
 
 
 class LostCommit(Generic[T]):
@@ -49,7 +55,7 @@ class LostCommit(Generic[T]):
 
     async def _resolve(self, cls: Classification, exc: BaseException) -> Ended[T]:
         """The connection died during COMMIT: committed, safe to retry, or in doubt."""
-        ctx, call = self.ctx, self.call
+        call = self.call
         ident = self.ident
         if self.record is not None:
             return await self._resolve_key(cls, exc, self.record)
@@ -58,69 +64,84 @@ class LostCommit(Generic[T]):
                 assert isinstance(exc, Exception)
                 return Retry(exc, RetryDecision(category=cls.category))  # nothing to lose
             return self._in_doubt(cls, exc, "no_xid")
-        task = self._resolve_later(cls, exc)
-        assert task is not None
-        outcome: CommitOutcome | None = None
-        try:
-            done, _ = await asyncio.wait((task,), timeout=max(0.0, call.remaining(ctx.clock)))
-            if done:
-                outcome = task.result()
-        except BaseException:
-            if not call.own_deadline():
-                raise  # the caller cancelled: propagate at once (resolution goes on)
-            outcome = None  # our deadline: in doubt now, settled in the background
+        outcome = await self._wait(self._xid_later(cls, exc, ident))
         if outcome is CommitOutcome.COMMITTED:
             return Committed(self.result)
         if outcome is CommitOutcome.ABORTED:
-            exc.add_note(
-                f"resilient_db: the connection was lost during COMMIT; the server rolled the "
-                f"transaction back (pg_xact_status({ident.xid}) = aborted), so it is safe to "
-                "run again"
-            )
-            assert isinstance(exc, Exception)
-            return Retry(exc, RetryDecision(category=cls.category))
+            return self._aborted(cls, exc, f"pg_xact_status({ident.xid}) = aborted")
         return self._in_doubt(cls, exc, "unknown" if outcome is not None else "pending")
 
     async def _resolve_key(
         self, cls: Classification, exc: BaseException, record: KeyRecord
     ) -> Ended[T]:
         """A lost COMMIT of a keyed unit: ask whichever primary answers whether the key is
-        there (true across a failover); within what is left of the deadline."""
-        ctx, call = self.ctx, self.call
-        left = min(max(call.remaining(ctx.clock), 0.0), 30.0)
-        task = asyncio.ensure_future(ctx.ledger.resolve(ctx.engine, record, timeout=left))
-        state = None
-        try:
-            done, _ = await asyncio.wait((task,), timeout=left + 0.05)
-            state = task.result() if done else None
-        except BaseException:
-            if not call.own_deadline():
-                raise
+        there (true across a failover). Waited for within the deadline; in doubt then, and
+        settled in the background."""
+        task = self._key_later(cls, exc, record)
+        state = await self._wait(task)
         if state is None:
-            task.cancel()
-            return self._in_doubt(cls, exc, "unknown")
-        outcome = "committed" if state.committed else "aborted"
-        self._emit("commit.resolved", cls, exc, outcome=outcome)
+            return self._in_doubt(cls, exc, "unknown" if task.done() else "pending")
         if state.committed:
             return Committed(self.result)
+        return self._aborted(cls, exc, f"operation key {record.key!r} is not in the ledger")
+
+    async def _wait(self, task: asyncio.Task[R]) -> R | None:
+        """The resolution's answer if it came within what is left of the deadline, else
+        None (it goes on in the background); the caller's cancellation propagates."""
+        ctx, call = self.ctx, self.call
+        try:
+            done, _ = await asyncio.wait((task,), timeout=max(0.0, call.remaining(ctx.clock)))
+        except BaseException:
+            if not call.own_deadline():
+                raise  # the caller cancelled: propagate at once (resolution goes on)
+            return None  # our deadline: in doubt now, settled in the background
+        return task.result() if done else None
+
+    def _aborted(self, cls: Classification, exc: BaseException, proof: str) -> Ended[T]:
+        exc.add_note(
+            "resilient_db: the connection was lost during COMMIT; the server rolled the "
+            f"transaction back ({proof}), so it is safe to run again"
+        )
         assert isinstance(exc, Exception)
         return Retry(exc, RetryDecision(category=cls.category))
 
-    def _resolve_later(
-        self, cls: Classification, exc: BaseException
-    ) -> asyncio.Task[CommitOutcome] | None:
-        """Start (or join) the background resolution of this attempt's COMMIT."""
-        ident = self.ident
-        if ident is None:
-            return None
-        ctx, call = self.ctx, self.call
-        left = call.remaining(ctx.clock)
-        timeout = (min(left, 30.0) if left > 0 else 0.0) + ctx.resolve_timeout
+    def _budget(self) -> float:
+        """How long a resolution may take: what is left of the deadline (at most 30 s) plus
+        ``resolve_timeout`` (the grace after a deadline that fired during COMMIT)."""
+        left = self.call.remaining(self.ctx.clock)
+        return (min(left, 30.0) if left > 0 else 0.0) + self.ctx.resolve_timeout
 
+    def _resolve_later(self, cls: Classification, exc: BaseException) -> None:
+        """Start (or join) the background resolution of this attempt's COMMIT."""
+        if self.record is not None:
+            self._key_later(cls, exc, self.record)
+        elif self.ident is not None:
+            self._xid_later(cls, exc, self.ident)
+
+    def _xid_later(
+        self, cls: Classification, exc: BaseException, ident: TxnIdentity
+    ) -> asyncio.Task[CommitOutcome]:
         def report(outcome: CommitOutcome) -> None:
             self._emit("commit.resolved", cls, exc, outcome=outcome.value)
 
-        return ctx.resolutions.start(ident, timeout=timeout, report=report)
+        return self.ctx.resolutions.start(ident, timeout=self._budget(), report=report)
+
+    def _key_later(
+        self, cls: Classification, exc: BaseException, record: KeyRecord
+    ) -> asyncio.Task[KeyState | None]:
+        ctx, timeout = self.ctx, self._budget()
+
+        def work() -> Awaitable[KeyState | None]:
+            return ctx.ledger.resolve(ctx.engine, record, timeout=timeout)
+
+        def report(state: KeyState | None) -> None:
+            outcome = CommitOutcome.UNKNOWN if state is None else _KEY_OUTCOME[state.committed]
+            self._emit("commit.resolved", cls, exc, outcome=outcome.value)
+
+        doubts = key_doubts(ctx.engine)
+        task = doubts.start((ctx.ledger.name, record.key), record.xid, record, work, report)
+        ctx.resolutions.track(task)  # Database.aclose() waits for it
+        return task
 
     def _in_doubt(self, cls: Classification, exc: BaseException, why: str) -> Ended[T]:
         call = self.call
@@ -138,10 +159,17 @@ class LostCommit(Generic[T]):
         name = call.options.name
         if key is not None:
             message = (
-                f"the COMMIT of unit {name!r} (operation key {key!r}) was lost and no primary "
-                "said within the deadline whether it committed; ask later with "
-                f"ledger.lookup(engine, {key!r}), or run the unit again with the same key "
-                "(it applies at most once)"
+                f"the COMMIT of unit {name!r} (operation key {key!r}) "
+                + (
+                    "was still unanswered at the unit's deadline; its resolution goes on in "
+                    "the background (listen for commit.resolved): await "
+                    f"ledger.lookup(engine, {key!r}) for the answer (it waits for that "
+                    "resolution)"
+                    if why in ("deadline", "pending")
+                    else "was lost and no primary said in time whether it committed; ask "
+                    f"later with await ledger.lookup(engine, {key!r})"
+                )
+                + ", or run the unit again with the same key (it applies at most once)"
             )
         elif ident is None:
             message = (

@@ -21,16 +21,16 @@ as given by the user, ``result`` the body's return value):
    the stored result, or :class:`~resilient_db.AlreadyApplied` when none is stored (a
    ``db.transaction(key=...)`` block, which returns nothing, raises
    ``rec.previous.already_applied()``: the error carries the stored result). Never retry it.
-4. If COMMIT fails with an unknown outcome: ``state = await ledger.resolve(engine, rec,
-   timeout=...)``. ``state.committed`` → the unit succeeded: return ``result`` (in memory).
-   ``state`` absent (``committed`` False) → it did not commit: retry the unit normally; this
-   is safe even if the old transaction were still in flight, because the retry's key insert
-   waits on the key's unique index and then sees the key. ``None`` → no primary answered
-   within ``timeout``: raise :class:`~resilient_db.CommitOutcomeUnknown` with ``key=key``.
+4. If COMMIT fails with an unknown outcome, settle it in a task of its own
+   (``key_doubts(engine).start(...)`` running ``ledger.resolve(engine, rec, timeout=...)``)
+   waited for within the deadline. ``state.committed`` → the unit succeeded: return
+   ``result``. Absent → it did not commit: retry the unit (safe even if the old transaction
+   were still in flight: the retry's key insert waits on the key's unique index). ``None``,
+   or the deadline came first → raise :class:`~resilient_db.CommitOutcomeUnknown` with
+   ``key=key`` at once; the task goes on (bounded) and :meth:`Ledger.lookup` waits for it.
 
-The unit-of-work API (``db.run(fn, ..., key=...)``, ``db.transaction(key=...)``,
-``@transactional(key=...)``) follows these steps; ``tests/test_keys_units.py`` and the slow
-failover tests in ``tests/test_multihost.py`` exercise them end to end.
+``db.run(fn, ..., key=...)``, ``db.transaction(key=...)`` and ``@transactional(key=...)``
+follow these steps (``tests/test_keys_units.py``, ``test_keys_doubt.py``, ``test_multihost.py``).
 
 The first attempt of a *new* call with an already-applied key runs its body and then rolls it
 back at step 3; :meth:`Ledger.peek` lets a unit look first (one more statement) when the body
@@ -40,24 +40,32 @@ deletes expired rows in batches; a key whose entry expired may be applied again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import anyio
-from sqlalchemy import TextClause, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from resilient_db._errors import AlreadyApplied, ConfigurationError
 from resilient_db._validate import config_error
-from resilient_db.classify import default_classifier
+from resilient_db.units._commit import (
+    ASK_TIMEOUT,
+    Doubts,
+    end_holder,
+    fresh_connection,
+    transient_error,
+)
 
-__all__ = ["DEFAULT_KEY_TTL", "KeyRecord", "KeyState", "Ledger", "create_ledger"]
+__all__ = ["DEFAULT_KEY_TTL", "KeyRecord", "KeyState", "Ledger", "create_ledger", "key_doubts"]
 
 logger = logging.getLogger("resilient_db")
 
@@ -258,10 +266,24 @@ class Ledger:
 
     async def lookup(self, engine: AsyncEngine, key: str, *, timeout: float = 10.0) -> KeyState:
         """The key's state on a primary (a standby's answer is not authoritative: waits for
-        a primary, bounded by ``timeout``; raises :class:`TimeoutError` after it)."""
-        state = await self._poll(engine, key, timeout=timeout, hold=None)
+        a primary, bounded by ``timeout``; raises :class:`TimeoutError` after it).
+
+        The answer to ``CommitOutcomeUnknown(key=...)``: it waits for the key's resolution
+        still running in this process, and after one that gave up it first ends the backend
+        that may still hold the key (as :meth:`resolve` does), so "absent" is final.
+        """
+        doubts, hold, left = _doubts.get(engine.sync_engine), None, timeout
+        if doubts is not None:
+            started = asyncio.get_running_loop().time()
+            state, hold = await doubts.wait((self.name, key), timeout)
+            if state is not None:
+                return state  # settled just now by the unit's own resolution
+            left = timeout - (asyncio.get_running_loop().time() - started)
+        state = await self._poll(engine, key, timeout=left, hold=hold)
         if state is None:
             raise TimeoutError(f"no primary answered the ledger lookup within {timeout:g}s")
+        if doubts is not None and hold is not None:
+            doubts.unsettled.pop((self.name, key), None)
         return state
 
     async def resolve(
@@ -282,15 +304,14 @@ class Ledger:
         wait = 0.05
         with anyio.move_on_after(max(timeout, 0.0)):
             while True:
-                try:
-                    async with engine.connect() as conn:
+                try:  # each question bounded: a frozen socket is dropped, the next one is new
+                    async with asyncio.timeout(ASK_TIMEOUT), fresh_connection(engine) as conn:
                         row = (await conn.execute(self._lookup, {"key": key})).one()
                         held = False
                         if not row[0] and not row[1] and hold is not None:
                             held = await _end_holder(conn, hold)
-                        await conn.rollback()
                 except Exception as exc:
-                    if not _transient(exc):
+                    if not isinstance(exc, TimeoutError) and not transient_error(exc):
                         logger.warning(
                             "keys.lookup_failed",
                             extra={"error_type": type(exc).__qualname__, "ledger": self.table},
@@ -346,19 +367,23 @@ async def create_ledger(engine: AsyncEngine, ledger: Ledger | None = None) -> Le
     return ledger
 
 
-_END_HOLDER: TextClause = text(
-    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-    "WHERE pid = :pid AND backend_xid = CAST(CAST(:xid32 AS text) AS xid)"
-)
+_doubts: weakref.WeakKeyDictionary[Any, Doubts[KeyRecord, KeyState]] = weakref.WeakKeyDictionary()
+
+
+def key_doubts(engine: AsyncEngine) -> Doubts[KeyRecord, KeyState]:
+    """``engine``'s lost COMMITs of keyed units being settled in this process, by
+    ``(ledger.name, key)``: a unit starts them, :meth:`Ledger.lookup` waits for them."""
+    doubts = _doubts.get(engine.sync_engine)
+    if doubts is None:
+        doubts = _doubts[engine.sync_engine] = Doubts()
+    return doubts
 
 
 async def _end_holder(conn: AsyncConnection, hold: KeyRecord) -> bool:
     """Terminate the backend still holding ``hold``'s transaction here; True if it was."""
     if hold.backend_pid is None or hold.xid is None:
         return False
-    params = {"pid": hold.backend_pid, "xid32": str(hold.xid & 0xFFFFFFFF)}
-    found = (await conn.execute(_END_HOLDER, params)).first() is not None
-    if found:
+    if found := await end_holder(conn, hold.backend_pid, hold.xid):
         logger.info("keys.holder_terminated", extra={"backend_pid": hold.backend_pid})
     return found
 
@@ -373,7 +398,3 @@ def _state(key: str, committed: bool, stored: str | None, recorded_at: Any) -> K
         result=json.loads(stored) if stored is not None else None,
         recorded_at=recorded_at,
     )
-
-
-def _transient(exc: BaseException) -> bool:
-    return default_classifier().classify(exc).retryable
