@@ -8,6 +8,9 @@
 3. Total outage (the embedded fault proxy disabled) with 64 concurrent callers:
    connection attempts per second with ``Database`` (breaker + budget) vs tenacity alone;
    then recovery: time to the first success and to 95 % success after the database returns.
+4. Frozen network (the proxy swallows every byte both ways, sockets stay open) with 64
+   callers on a default ``Database`` (deadline 2 s), then the heal: the longest call vs
+   deadline + allowance, the first success after the heal, failures after the heal.
 
 Needs the local PostgreSQL (``RESILIENT_DB_BENCH_URL``, default
 ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``).
@@ -30,7 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from resilient_db import Database, RetryPolicy, create_async_engine
-from resilient_db.toxiproxy import ToxiproxyClient, ToxiproxyServer
+from resilient_db.toxiproxy import ToxiproxyClient, ToxiproxyPostgres, ToxiproxyServer
 
 URL = os.environ.get("RESILIENT_DB_BENCH_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 SELECT_1 = text("SELECT 1")
@@ -248,6 +251,50 @@ async def _outage_run(
     print(f"     success rate 1-2 s after the return:    {100 * success_1s:7.1f} %")
 
 
+async def frozen(callers: int, seconds: float) -> None:
+    print(f"\n4. Frozen network with {callers} concurrent callers ({seconds:g} s), then heal")
+    async with ToxiproxyServer(port=0) as server:
+        client = ToxiproxyClient(server.url)
+        pg = await asyncio.to_thread(ToxiproxyPostgres.create, client, URL)
+        engine = create_async_engine(pg.url)
+        db = Database(engine, deadline=2.0)
+        durations: list[float] = []
+        results: list[tuple[float, bool]] = []
+        stop = asyncio.Event()
+
+        async def caller() -> None:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    await asyncio.wait_for(db.run(select_1), 10)
+                    ok = True
+                except Exception:
+                    ok = False
+                t1 = time.monotonic()
+                durations.append(t1 - t0)
+                results.append((t1, ok))
+                if not ok:
+                    await asyncio.sleep(0.01)
+
+        tasks = [asyncio.create_task(caller()) for _ in range(callers)]
+        await asyncio.sleep(1.0)
+        hole = pg.black_hole()
+        await asyncio.to_thread(hole.__enter__)
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(hole.__exit__, None, None, None)
+        healed = time.monotonic()
+        await asyncio.sleep(3.0)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await db.aclose()
+        await asyncio.to_thread(pg.cleanup)
+    first_ok = min((t for t, ok in results if ok and t >= healed), default=float("inf"))
+    late = [ok for t, ok in results if t >= healed + 1.0]
+    print(f"   longest call:                    {max(durations):6.3f} s (deadline 2 s + 0.25 s)")
+    print(f"   first success after the heal:    {first_ok - healed:6.3f} s")
+    print(f"   failures from 1 s after the heal: {late.count(False):5} of {len(late)}")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500)
@@ -265,6 +312,7 @@ async def main() -> None:
         await engine.dispose()
     if not args.skip_outage:
         await outage(args.callers, args.outage)
+        await frozen(args.callers, args.outage)
 
 
 if __name__ == "__main__":

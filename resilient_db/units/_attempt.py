@@ -1,7 +1,8 @@
 """One attempt of a unit of work, ending as a typed :mod:`outcome <resilient_db.units._outcome>`.
 
-breaker permit → fresh ``AsyncSession``: checkout + BEGIN → the caller's body → [xid
-capture] → COMMIT. On failure it classifies the error for its phase, settles the breaker
+breaker permit → a place in the engine's fair queue (``_gate``) → fresh ``AsyncSession``:
+checkout + BEGIN (lazily, by the first statement) → the caller's body → [xid capture] →
+COMMIT. On failure it classifies the error for its phase, settles the breaker
 permit, hands the session to a bounded cleanup (a task of its own: the caller waits at most
 until its deadline plus the allowance, and a cancellation propagates at once), and settles a
 lost COMMIT with the server (``_commit``). It reads a :class:`UnitContext`; it never calls
@@ -15,7 +16,6 @@ outcome in doubt (``CommitOutcomeUnknown`` now, the resolution in the background
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
@@ -31,6 +31,7 @@ from resilient_db.policies import BreakerPermit, RetryDecision
 from resilient_db.units._commit import TxnIdentity, capture_identity
 from resilient_db.units._context import Active, Call, UnitContext, bounded, enter, leave
 from resilient_db.units._doubt import LostCommit
+from resilient_db.units._gate import Gate, release
 from resilient_db.units._keys import KeyRecord
 from resilient_db.units._options import UnitEvent
 from resilient_db.units._outcome import Committed, Ended, Opened, Outcome, Raise, Replayed, Retry
@@ -45,25 +46,7 @@ T = TypeVar("T")
 _READ_ONLY = {"postgresql_readonly": True}
 _BROKEN = frozenset({"connection_lost", "timeout", "server_unavailable", "failover"})
 _NOTHING: Any = object()
-#: How long a cancelled caller waits for the interrupted connection to be dropped (the
-#: drop goes on in the background): cancellation propagates well within 100 ms.
-_CANCEL_WAIT = 0.05
-
-
-async def _release(session: AsyncSession, invalidate: bool, timeout: float) -> None:
-    """Return the connection politely within ``timeout``, else (or when asked) terminate it."""
-    if not invalidate:
-        try:
-            async with asyncio.timeout(timeout):
-                await session.close()
-            return
-        except Exception:  # TimeoutError included: a frozen socket
-            logger.debug("unit.close_failed")
-    try:
-        async with asyncio.timeout(timeout):
-            await session.invalidate()
-    except Exception:  # the connection is gone either way
-        logger.debug("unit.invalidate_failed")
+_CANCEL_WAIT = 0.05  #: a cancelled caller waits this long for the drop (then background)
 
 
 class Attempt(LostCommit[T]):
@@ -73,9 +56,11 @@ class Attempt(LostCommit[T]):
         "call",
         "conn",
         "ctx",
+        "gate",
         "ident",
         "permit",
         "phase",
+        "queued",
         "record",
         "result",
         "session",
@@ -90,6 +75,8 @@ class Attempt(LostCommit[T]):
         self.session: AsyncSession | None = None
         self.conn: Connection | None = None
         self.permit: BreakerPermit | None = None
+        self.gate: Gate | None = None  # our place in the engine's fair queue, once taken
+        self.queued = False
         self.phase = Phase.CHECKOUT
         self.ident: TxnIdentity | None = None
         self.record: KeyRecord | None = None
@@ -119,6 +106,25 @@ class Attempt(LostCommit[T]):
                     return exc  # the deadline does not outlast the breaker: fail now
                 await ctx.retry.sleep(wait)  # bounded: by the deadline (just checked)
 
+    def enter_gate(self) -> bool:
+        """True: a place in the engine's fair queue now (or no queue); else await queue()."""
+        gate = self.ctx.gate
+        if gate is None:
+            return True
+        if gate.try_enter():
+            self.gate = gate
+            return True
+        return False
+
+    async def queue(self) -> None:
+        """Wait for a place, first come first served (bounded by pool_timeout)."""
+        gate = self.ctx.gate
+        assert gate is not None
+        self.queued = True
+        await gate.enter()
+        self.queued = False
+        self.gate = gate
+
     def open(self) -> AsyncSession:
         """A fresh session; the connection is checked out lazily, by the first statement
         (no extra round trip into SQLAlchemy's greenlet): :meth:`began` marks the phase."""
@@ -137,8 +143,7 @@ class Attempt(LostCommit[T]):
             self.phase = Phase.STATEMENT
 
     async def begin(self) -> AsyncSession:
-        """Open a session, check out a connection and BEGIN now (raises; the caller hands
-        errors to fail()): the block forms and read-only units."""
+        """Open a session, check out and BEGIN now (the block forms, read-only units)."""
         session = self.open()
         await session.connection(
             execution_options=_READ_ONLY if self.call.options.read_only else None
@@ -208,11 +213,17 @@ class Attempt(LostCommit[T]):
                 extra={"unit": call.options.name, "error_type": type(exc).__qualname__},
             )
             own = call.own_deadline()
-            await bounded(_release(session, True, ctx.cleanup_timeout), call.cleanup_bound(ctx))
+            gate, self.gate = self.gate, None  # the release gives the place back
+            await bounded(
+                release(session, True, ctx.cleanup_timeout, gate), call.cleanup_bound(ctx)
+            )
             if not isinstance(exc, Exception) and not own:
                 return Raise(exc)
         finally:
             self.leave()
+            gate, self.gate = self.gate, None
+            if gate is not None:
+                gate.exit()
         return None
 
     def leave(self) -> None:
@@ -225,11 +236,10 @@ class Attempt(LostCommit[T]):
     def _in_recovery(self) -> bool | None:
         """Context for a 25006 (read-only transaction): was the server a standby?
 
-        The server's ``in_hot_standby`` report is taken only as evidence *for* a standby:
-        a standby promoted between the failed write and this check already reports
-        ``off``, and calling that a program error would surface a failover to the caller.
-        A unit declared ``read_only`` says the opposite (its own READ ONLY). Otherwise
-        unknown, which the classifier treats as a failover.
+        ``in_hot_standby`` is evidence only *for* a standby (one promoted since the failed
+        write already reports ``off``: calling that a program error would surface a
+        failover). A ``read_only`` unit says no (its own READ ONLY); otherwise unknown,
+        which the classifier treats as a failover.
         """
         try:
             assert self.conn is not None
@@ -293,8 +303,9 @@ class Attempt(LostCommit[T]):
         if permit is None:
             return
         self.permit = None
-        if cancelled:
-            permit.ignore()  # the caller's decision says nothing about the database
+        if cancelled or self.queued:
+            # The caller's decision, or our own queue's wait: nothing about the database.
+            permit.ignore()
         elif own:
             # Our deadline expiring in the library's own I/O (checkout, COMMIT) counts: a
             # database that does not answer in time is as unavailable as one that refuses.
@@ -318,13 +329,16 @@ class Attempt(LostCommit[T]):
 
     async def _cleanup(self, *, invalidate: bool, bound: float | None = None) -> None:
         session, self.session = self.session, None
+        gate, self.gate = self.gate, None
         if session is None:
+            if gate is not None:
+                gate.exit()
             return
         ctx = self.ctx
         wait = self.call.cleanup_bound(ctx)
         if bound is not None:
             wait = min(wait, bound)
-        await bounded(_release(session, invalidate, ctx.cleanup_timeout), wait)
+        await bounded(release(session, invalidate, ctx.cleanup_timeout, gate), wait)
 
     def _emit(
         self,
@@ -360,6 +374,8 @@ async def run_attempt(
     if rejected is not None:
         return Raise(rejected)
     try:
+        if not a.enter_gate():
+            await a.queue()
         session = await a.begin() if call.options.read_only else a.open()
         a.result = await body(session)
         applied = await a.commit()
@@ -375,6 +391,8 @@ async def open_attempt(ctx: UnitContext, call: Call) -> Outcome[Attempt[Any]]:
     if rejected is not None:
         return Raise(rejected)
     try:
+        if not a.enter_gate():
+            await a.queue()
         await a.begin()
     except BaseException as exc:
         return await a.fail(exc)

@@ -28,6 +28,7 @@ from resilient_db.policies import (
     RetryStatistics,
 )
 from resilient_db.units._commit import CommitResolutions
+from resilient_db.units._gate import Gate
 from resilient_db.units._keys import Ledger
 from resilient_db.units._options import UnitEvent, UnitListener, UnitOptions
 
@@ -132,6 +133,7 @@ class UnitContext:
     resolutions: CommitResolutions
     reporter: Reporter
     ledger: Ledger
+    gate: Gate | None = None  # FIFO admission to the pool (None: no queue pool)
 
 
 class Deadline:

@@ -9,7 +9,6 @@ same task (no retries of their own).
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from types import TracebackType
@@ -20,10 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from resilient_db._errors import ResilientDBError
 from resilient_db._validate import config_error
 from resilient_db.classify import Classifier, default_classifier
-from resilient_db.engine import EndpointKey, endpoint_key, engine_health_check, install_pool_policy
-from resilient_db.policies import CircuitBreaker, Clock, RetryBudget, RetryPolicy, default_clock
+from resilient_db.engine import (
+    endpoint_key,
+    engine_health_check,
+    install_pool_policy,
+)
+from resilient_db.policies import CircuitBreaker, Clock, RetryBudget, RetryPolicy
 from resilient_db.units._blocks import Attempts, Transaction
-from resilient_db.units._commit import CommitOutcome, CommitResolutions, transaction_status
+from resilient_db.units._commit import CommitOutcome, transaction_status
 from resilient_db.units._context import Active, Reporter, UnitContext, drain, joinable
 from resilient_db.units._keys import Ledger
 from resilient_db.units._options import (
@@ -35,6 +38,12 @@ from resilient_db.units._options import (
 )
 from resilient_db.units._runner import run_unit
 from resilient_db.units._session import check_options, did_you_mean, session_factory
+from resilient_db.units._shared import (
+    shared_breaker,
+    shared_budget,
+    shared_gate,
+    shared_resolutions,
+)
 
 __all__ = ["Database"]
 
@@ -43,11 +52,6 @@ logger = logging.getLogger("resilient_db")
 P = ParamSpec("P")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., None])
-
-#: One breaker per endpoint (host, port, database, role), shared by every Database on it.
-_breakers: dict[EndpointKey, CircuitBreaker] = {}
-_budgets: weakref.WeakKeyDictionary[Any, RetryBudget] = weakref.WeakKeyDictionary()
-_resolutions: weakref.WeakKeyDictionary[Any, CommitResolutions] = weakref.WeakKeyDictionary()
 
 
 class Database:
@@ -86,10 +90,7 @@ class Database:
         name: str | None = None,
     ) -> None:
         check_options(locals())  # every argument, checked before anything is built
-        policy = retry if retry is not None else RetryPolicy(deadline=None)
-        clock = clock if clock is not None else policy.clock
-        if policy.clock is not clock:
-            policy = replace(policy, clock=clock)
+        policy, clock = _one_clock(retry, clock)
         self.engine = engine
         self.retry = policy
         self.options = UnitOptions(
@@ -100,19 +101,15 @@ class Database:
             wait_for_breaker=wait_for_breaker,
         )
         self.classifier = classifier if classifier is not None else default_classifier()
-        key = engine.sync_engine
-        self.breaker = self._shared_breaker(clock) if breaker is _DEFAULT else breaker
-        self.budget = self._shared_budget(key, clock) if budget is _DEFAULT else budget
+        self.breaker = shared_breaker(engine, clock) if breaker is _DEFAULT else breaker
+        self.budget = shared_budget(engine, clock) if budget is _DEFAULT else budget
         self.allowance = float(allowance)
         self.resolve_timeout = float(resolve_timeout)
         self.cleanup_timeout = float(cleanup_timeout)
         self.listeners = tuple(listeners)
         self._closed = False
-        resolutions = _resolutions.get(key)
-        if resolutions is None:
-            resolutions = _resolutions[key] = CommitResolutions(engine)
         self._ctx = UnitContext(
-            key=key,
+            key=engine.sync_engine,
             engine=engine,
             make_session=session_factory(engine, session_options),
             breaker=self.breaker,
@@ -123,31 +120,12 @@ class Database:
             allowance=self.allowance,
             cleanup_timeout=self.cleanup_timeout,
             resolve_timeout=self.resolve_timeout,
-            resolutions=resolutions,
+            resolutions=shared_resolutions(engine),
             reporter=Reporter(self.listeners),
             ledger=ledger if ledger is not None else Ledger(),
+            gate=shared_gate(engine),
         )
         install_pool_policy(engine)
-
-    # -- shared per-endpoint / per-engine parts ------------------------------------------
-
-    def _shared_breaker(self, clock: Clock) -> CircuitBreaker:
-        endpoint = endpoint_key(self.engine)
-        breaker = _breakers.get(endpoint)
-        if breaker is None:
-            # The probe opens a fresh connection: it tests the server, not the pool.
-            kwargs: dict[str, Any] = {"health_check": engine_health_check(self.engine)}
-            if clock is not default_clock:
-                kwargs["clock"] = clock
-            breaker = _breakers[endpoint] = CircuitBreaker(str(endpoint), **kwargs)
-        return breaker
-
-    @staticmethod
-    def _shared_budget(key: object, clock: Clock) -> RetryBudget:
-        budget = _budgets.get(key)
-        if budget is None:
-            budget = _budgets[key] = RetryBudget(clock=clock)
-        return budget
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -390,6 +368,13 @@ class Database:
             wait_for_breaker=wait_for_breaker,
         )
         return Attempts(self._ctx, options)
+
+
+def _one_clock(retry: RetryPolicy | None, clock: Clock | None) -> tuple[RetryPolicy, Clock]:
+    """The retry policy on the Database's one clock (the policy's own when none is given)."""
+    policy = retry if retry is not None else RetryPolicy(deadline=None)
+    clock = clock if clock is not None else policy.clock
+    return (policy if policy.clock is clock else replace(policy, clock=clock)), clock
 
 
 def _awaited(fn: object, result: Awaitable[T]) -> Awaitable[T]:
