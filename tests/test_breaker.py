@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from typing import Any
@@ -602,3 +603,48 @@ def test_remove_listener_stops_its_events() -> None:
     breaker.reset()
     assert [e.state for e in kept] == [BreakerState.FORCED_OPEN, BreakerState.CLOSED]
     assert [e.state for e in removed] == [BreakerState.FORCED_OPEN]
+
+
+async def test_a_frozen_probe_does_not_hold_back_the_next_one() -> None:
+    """A frozen network: a check that neither answers nor fails keeps its slot one probe
+    interval at most. Probes still start one interval apart (the connection-attempt rate
+    is unchanged), so the first probe after the heal sees it — not the frozen one's timeout
+    later — and the frozen check's own late answer is only counted."""
+    import time
+
+    frozen = anyio.Event()  # set: the network healed (new checks pass)
+    starts: list[float] = []
+
+    async def health_check() -> None:
+        starts.append(time.monotonic())
+        if not frozen.is_set():
+            await anyio.sleep_forever()  # bounded by probe_timeout
+
+    b, events = make(Clock(), health_check=health_check, probe_interval=0.1, probe_timeout=3.0)
+    b._clock = time.monotonic  # real time: the slots are real-time sleeps
+    fail(b, 4)
+    b._next_probe_at = 0.0
+    with anyio.fail_after(5):
+        while len(starts) < 3:  # callers keep arriving while it is open
+            with pytest.raises(CircuitOpenError):
+                await b.acquire_async()
+            await anyio.sleep(0.01)
+        assert st(b) == "open"
+        gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+        assert all(0.09 <= gap < 0.5 for gap in gaps), gaps  # one per interval, not per 3 s
+        frozen.set()
+        healed = time.monotonic()
+        permit = None
+        while permit is None:
+            try:
+                permit = await b.acquire_async()  # the caller whose probe passes gets in
+            except CircuitOpenError:
+                await anyio.sleep(0.01)
+        assert time.monotonic() - healed < 0.1 + 0.15  # one interval + slack
+        assert events[-1].reason == "probe_succeeded"
+        assert st(b) == "half_open"
+        permit.success()
+        assert st(b) == "closed"
+    with anyio.fail_after(5):
+        await b.wait_probe()  # the frozen checks end on their own timeout
+    assert b.statistics().probe_failures >= 3

@@ -57,7 +57,7 @@ from resilient_db.policies._breaker_events import (
     Emitter,
 )
 from resilient_db.policies._breaker_guard import GuardMixin
-from resilient_db.policies._breaker_probe import probe_and_admit, start_probe
+from resilient_db.policies._breaker_probe import probe_and_admit, start_probe, wait_idle
 from resilient_db.policies._breaker_states import (
     PROBE,
     BreakerPermit,
@@ -403,9 +403,7 @@ class CircuitBreaker(GuardMixin):
 
     async def wait_probe(self) -> None:
         """Wait until no health probe is running (tests, orderly shutdown)."""
-        done = self._probe_done
-        if done is not None:
-            await done.wait()  # a probe is bounded by its own timeout
+        await wait_idle(self)  # each probe is bounded by its own timeout
 
     def statistics(self) -> BreakerStatistics:
         """A frozen snapshot (rates over the current window)."""

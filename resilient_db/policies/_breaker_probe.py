@@ -23,7 +23,7 @@ from resilient_db.policies._breaker_states import PROBE, BreakerPermit, State
 from resilient_db.policies._breaker_store import BreakerStore
 from resilient_db.policies._clock import Clock
 
-__all__ = ["ProbeHost", "probe_and_admit", "spawn", "start_probe"]
+__all__ = ["ProbeHost", "probe_and_admit", "spawn", "start_probe", "wait_idle"]
 
 logger = logging.getLogger("resilient_db")
 
@@ -96,7 +96,9 @@ def start_probe(b: ProbeHost, *, confirm: bool, delay: float | None = None) -> b
 
     While OPEN, a failed (or fleet-skipped) probe schedules the next one ``probe_interval``
     later as long as callers were rejected meanwhile: recovery is noticed within one probe
-    interval even when every caller is asleep in a backoff.
+    interval even when every caller is asleep in a backoff. An open-state probe holds its
+    slot one interval at most (:func:`_ask_within_interval`): probes *start* one interval
+    apart, so a check frozen on a dead network never delays the next one.
     """
     health_check = b._health_check
     if health_check is None:
@@ -138,28 +140,91 @@ async def _run_probe(
             and not await store.acquire_probe_lease(b.name, b._probe_interval)
         ):
             ok = None  # another instance of the fleet probes this interval
+        elif lease:  # an open-state probe: its slot lasts one interval at most
+            b._n_probes += 1
+            ok = await _ask_within_interval(b, health_check, timeout)
         else:
             b._n_probes += 1
             with anyio.fail_after(timeout):
                 await health_check()
             ok = True
     except Exception as exc:
-        b._n_probe_failures += 1
-        logger.info(
-            "breaker.probe_failed",
-            extra={"breaker": b.name, "error_type": type(exc).__qualname__},
-        )
+        _failed(b, exc)
     finally:
         b._probing = False
         now = b._clock()
-        b._next_probe_at = now + b._probe_interval
+        # Still asking after a whole interval (ok is None on a frozen network): the next
+        # probe may start now, so probes start one interval apart whatever each one does.
+        b._next_probe_at = now + (b._probe_interval if ok is not None or not lease else 0.0)
         done, b._probe_done = b._probe_done, None
         if done is not None:
             done.set()
     if ok is not None:
         b._s.probed(b, ok, now)  # type: ignore[arg-type]  # b is the Core too
     if b._state is BreakerState.OPEN and b._n_rejected > demand:
-        start_probe(b, confirm=False, delay=b._probe_interval)
+        start_probe(b, confirm=False, delay=max(0.0, b._next_probe_at - now))
+
+
+def _failed(b: ProbeHost, exc: BaseException) -> None:
+    b._n_probe_failures += 1
+    logger.info(
+        "breaker.probe_failed",
+        extra={"breaker": b.name, "error_type": type(exc).__qualname__},
+    )
+
+
+#: Health checks still asking after their slot ended, per breaker (``wait_probe`` waits).
+_LATE: dict[int, set[anyio.Event]] = {}
+
+
+async def _ask_within_interval(
+    b: ProbeHost, health_check: Callable[[], Awaitable[object]], timeout: float
+) -> bool | None:
+    """The open-state check's answer, or None when it is still asking after one probe
+    interval (a frozen network: the connection neither answers nor fails). The check then
+    goes on in a task of its own, bounded by ``timeout``, and a late success still ends
+    OPEN; but the next probe may start meanwhile, on a fresh connection — so a network that
+    heals is noticed within one interval, not after the frozen check's whole timeout, and
+    connection attempts stay at one per interval."""
+    answered = anyio.Event()
+    answer: list[bool] = []
+    late = False
+
+    async def ask() -> None:
+        try:
+            with anyio.fail_after(timeout):
+                await health_check()
+            answer.append(True)
+        except Exception as exc:
+            _failed(b, exc)
+            answer.append(False)
+        finally:
+            answered.set()
+            if late:
+                _LATE.get(id(b), set()).discard(answered)
+        if late and answer[0] and b._state is BreakerState.OPEN:
+            b._s.probed(b, True, b._clock())  # type: ignore[arg-type]  # b is the Core too
+
+    if not spawn(ask):  # pragma: no cover - the probe itself runs on a loop
+        await ask()
+    with anyio.move_on_after(b._probe_interval):
+        await answered.wait()
+    if answer:
+        return answer[0]
+    late = True
+    _LATE.setdefault(id(b), set()).add(answered)
+    return None
+
+
+async def wait_idle(b: ProbeHost) -> None:
+    """Wait until no probe of ``b`` runs, late checks included (each is bounded)."""
+    done = b._probe_done
+    if done is not None:
+        await done.wait()
+    for event in list(_LATE.get(id(b), ())):
+        await event.wait()
+    if not _LATE.get(id(b), True):
+        _LATE.pop(id(b), None)
 
 
 async def probe_and_admit(b: ProbeHost) -> BreakerPermit:
