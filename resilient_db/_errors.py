@@ -80,7 +80,8 @@ class CommitOutcomeUnknown(ResilientDBError):
     assigned on the server (``None`` when it could not be captured) and ``timeline`` the WAL
     timeline it was assigned on: settle it later with
     ``await db.commit_status(exc.xid, timeline=exc.timeline)`` (an xid number means nothing
-    on another timeline, i.e. after a failover), or make the unit idempotent.
+    on another timeline, i.e. after a failover) — or, for a unit with an operation ``key``,
+    ``await db.commit_status(key=exc.key)`` — or make the unit idempotent.
     """
 
     def __init__(

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from resilient_db import (
     INJECTED,
     AlreadyApplied,
+    ConfigurationError,
     Database,
     Ledger,
     create_async_engine,
@@ -179,3 +180,19 @@ async def test_transactional_key_from_the_call_arguments(engine: AsyncEngine, ta
     assert await ship("a") == "a"  # replayed
     assert await ship("b") == "b"
     assert sorted(await _rows(engine, table)) == ["a", "b"]
+
+
+@needs_run_key
+async def test_commit_status_by_key(engine: AsyncEngine, table: str) -> None:
+    """``db.commit_status(key=exc.key)`` answers a keyed CommitOutcomeUnknown as the xid
+    form answers an xid: committed when the ledger holds the key, aborted otherwise."""
+    db = Database(engine)
+    run: Any = db.run
+    key = f"k-{secrets.token_hex(4)}"
+    await run(_insert(table), "first", key=key)
+    assert await db.commit_status(key=key) == "committed"
+    assert await db.commit_status(key=f"never-{secrets.token_hex(4)}") == "aborted"
+    with pytest.raises(ConfigurationError, match=r"commit_status\(xid=7\).*key="):
+        await db.commit_status(7, key=key)
+    with pytest.raises(ConfigurationError, match="commit_status"):
+        await db.commit_status()

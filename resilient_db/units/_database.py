@@ -8,6 +8,7 @@ same task (no retries of their own).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
@@ -37,7 +38,13 @@ from resilient_db.units._options import (
     _seconds,
 )
 from resilient_db.units._runner import run_unit
-from resilient_db.units._session import check_options, did_you_mean, session_factory
+from resilient_db.units._session import (
+    awaited,
+    check_options,
+    did_you_mean,
+    one_clock,
+    session_factory,
+)
 from resilient_db.units._shared import (
     shared_breaker,
     shared_budget,
@@ -90,7 +97,7 @@ class Database:
         name: str | None = None,
     ) -> None:
         check_options(locals())  # every argument, checked before anything is built
-        policy, clock = _one_clock(retry, clock)
+        policy, clock = one_clock(retry, clock)
         self.engine = engine
         self.retry = policy
         self.options = UnitOptions(
@@ -162,36 +169,51 @@ class Database:
     # -- status ----------------------------------------------------------------------------
 
     async def commit_status(
-        self, xid: int, *, timeline: str | None = None, timeout: float = 5.0
+        self,
+        xid: int | None = None,
+        *,
+        key: object = None,
+        timeline: str | None = None,
+        timeout: float = 5.0,
     ) -> CommitOutcome:
-        """What became of transaction ``xid`` (from :class:`CommitOutcomeUnknown` or a
-        ``commit.unknown`` event): ``committed``, ``aborted`` or ``unknown``.
+        """What became of transaction ``xid`` — or of the unit with operation ``key`` — from
+        :class:`CommitOutcomeUnknown` or a ``commit.unknown`` event: ``committed``,
+        ``aborted`` or ``unknown``.
 
         A resolution still running in the background (a COMMIT in doubt at a deadline) is
         waited for (at most ``timeout``); a settled one is answered from memory; otherwise
-        ``pg_xact_status`` is asked on a fresh connection. Pass the ``timeline`` the
-        exception carries: after a failover the new primary may have given the same xid
-        number to another transaction, and the answer is then ``unknown``.
+        ``pg_xact_status`` (for a key: the ledger, on a primary) is asked on a fresh
+        connection. Pass the ``timeline`` the exception carries: after a failover the new
+        primary may have given the same xid number to another transaction, and the answer
+        is then ``unknown`` (a key means the same on every primary).
         """
-        if isinstance(xid, bool) or not isinstance(xid, int) or xid < 0:
+        _seconds("Database.commit_status", "timeout", timeout, none_ok=False, fix="timeout=5.0")
+        if key is not None and xid is None:
+            return await self._key_status(key, timeout)
+        if key is not None or isinstance(xid, bool) or not isinstance(xid, int) or xid < 0:
             raise config_error(
                 "Database.commit_status",
                 "xid",
                 xid,
-                "a non-negative int (a transaction id)",
-                "pass CommitOutcomeUnknown.xid",
-                wrong_type=not isinstance(xid, int) or isinstance(xid, bool),
+                "a non-negative int (a transaction id), or None with key=...",
+                "pass CommitOutcomeUnknown.xid, or key=CommitOutcomeUnknown.key",
+                wrong_type=key is None and (not isinstance(xid, int) or isinstance(xid, bool)),
             )
-        _seconds("Database.commit_status", "timeout", timeout, none_ok=False, fix="timeout=5.0")
         known = self._ctx.resolutions.lookup(xid, timeline)
         if isinstance(known, CommitOutcome):
             return known
         if known is not None:
-            import asyncio
-
             done, _ = await asyncio.wait((known,), timeout=timeout)
             return known.result() if done else CommitOutcome.UNKNOWN
         return await transaction_status(self.engine, xid, timeout=timeout, timeline=timeline)
+
+    async def _key_status(self, key: object, timeout: float) -> CommitOutcome:
+        ledger = self._ctx.ledger
+        try:
+            state = await ledger.lookup(self.engine, ledger.normalize_key(key), timeout=timeout)
+        except TimeoutError:
+            return CommitOutcome.UNKNOWN
+        return CommitOutcome.COMMITTED if state.committed else CommitOutcome.ABORTED
 
     async def health_check(self) -> None:
         """A probe of the server: a fresh connection (never a pooled one), SELECT 1, bounded."""
@@ -261,7 +283,7 @@ class Database:
                 return await self._joined(active, fn, args, kwargs, key)
 
             def body(session):
-                return _awaited(fn, fn(session, *args, **kwargs))
+                return awaited(fn, fn(session, *args, **kwargs))
 
             return await self._run_unit(body, self.options, key)
 
@@ -275,7 +297,7 @@ class Database:
     ) -> T:
         if key is not None:
             await self._record_joined(active.session, key)
-        return await _awaited(fn, fn(active.session, *args, **kwargs))
+        return await awaited(fn, fn(active.session, *args, **kwargs))
 
     async def _record_joined(self, session: AsyncSession, key: object) -> None:
         """A keyed unit inside another one: its key goes into the outer transaction."""
@@ -368,25 +390,3 @@ class Database:
             wait_for_breaker=wait_for_breaker,
         )
         return Attempts(self._ctx, options)
-
-
-def _one_clock(retry: RetryPolicy | None, clock: Clock | None) -> tuple[RetryPolicy, Clock]:
-    """The retry policy on the Database's one clock (the policy's own when none is given)."""
-    policy = retry if retry is not None else RetryPolicy(deadline=None)
-    clock = clock if clock is not None else policy.clock
-    return (policy if policy.clock is clock else replace(policy, clock=clock)), clock
-
-
-def _awaited(fn: object, result: Awaitable[T]) -> Awaitable[T]:
-    if not hasattr(result, "__await__"):
-        name = getattr(fn, "__name__", repr(fn))
-        raise config_error(
-            "Database.run",
-            "fn",
-            fn,
-            f"an async function (Database.run() needs an async function; calling it returned "
-            f"{type(result).__name__})",
-            f"declare it 'async def {name}(session, ...)'",
-            wrong_type=True,
-        )
-    return result

@@ -1,10 +1,11 @@
-"""Construction-time checks of ``Database``: unknown options and the session's options."""
+"""Checks of ``Database``: its options at construction, and a unit function at call time."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy import event
@@ -14,16 +15,17 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from resilient_db._validate import check_callable, check_type, config_error, unknown_option
 from resilient_db.classify import Classifier
-from resilient_db.policies import CircuitBreaker, RetryBudget, RetryPolicy
+from resilient_db.policies import CircuitBreaker, Clock, RetryBudget, RetryPolicy
 from resilient_db.units._keys import Ledger
 from resilient_db.units._options import _DEFAULT, _flag, _seconds
 
-__all__ = ["BEGAN", "check_options", "did_you_mean", "session_factory"]
+__all__ = ["BEGAN", "awaited", "check_options", "did_you_mean", "one_clock", "session_factory"]
 
 #: ``session.info`` key of the attempt's ``began(connection)`` callback (``after_begin``).
 BEGAN = "resilient_db.began"
 
 F = TypeVar("F", bound=Callable[..., None])
+T = TypeVar("T")
 
 
 def did_you_mean(init: F) -> F:
@@ -153,3 +155,26 @@ def check_options(given: dict[str, Any]) -> None:
         allow_none=True,
         fix="pass time.monotonic or a fake clock",
     )
+
+
+def one_clock(retry: RetryPolicy | None, clock: Clock | None) -> tuple[RetryPolicy, Clock]:
+    """The retry policy on the Database's one clock (the policy's own when none is given)."""
+    policy = retry if retry is not None else RetryPolicy(deadline=None)
+    clock = clock if clock is not None else policy.clock
+    return (policy if policy.clock is clock else replace(policy, clock=clock)), clock
+
+
+def awaited(fn: object, result: Awaitable[T]) -> Awaitable[T]:
+    """``result`` of calling ``fn`` — an awaitable, or a clear error for a sync function."""
+    if not hasattr(result, "__await__"):
+        name = getattr(fn, "__name__", repr(fn))
+        raise config_error(
+            "Database.run",
+            "fn",
+            fn,
+            f"an async function (Database.run() needs an async function; calling it returned "
+            f"{type(result).__name__})",
+            f"declare it 'async def {name}(session, ...)'",
+            wrong_type=True,
+        )
+    return result
