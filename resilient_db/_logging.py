@@ -75,7 +75,8 @@ PHRASES: Final[dict[str, str]] = {
     "unit.deadline_exceeded": "a unit of work ran out of time",
     "unit.listener_failed": "a unit listener raised (ignored)",
     "unit.close_failed": "closing the session failed; its connection was dropped",
-    "unit.invalidate_failed": "invalidating a broken connection failed",
+    "unit.invalidate_failed": "invalidating a broken connection failed; the pool may still "
+    "count it as checked out",
     "retry.scheduled": "retrying after a failed attempt",
     "retry.gave_up": "gave up retrying; the last error is raised",
     "retry.hook_failed": "a retry hook raised (ignored)",

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from typing import Any
 
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -98,8 +99,16 @@ async def release(
         try:
             async with asyncio.timeout(timeout):
                 await session.invalidate()
-        except Exception:  # the connection is gone either way
-            logger.debug("unit.invalidate_failed")
+        except Exception as exc:  # the pool may still count the connection as checked out
+            bind: Any = session.bind
+            pool: Any = getattr(bind, "pool", None)
+            logger.warning(
+                "unit.invalidate_failed",
+                extra={
+                    "error_type": type(exc).__qualname__,
+                    "checked_out": pool.checkedout() if hasattr(pool, "checkedout") else None,
+                },
+            )
     finally:
         if gate is not None:
             gate.exit()
