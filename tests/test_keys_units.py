@@ -196,3 +196,16 @@ async def test_commit_status_by_key(engine: AsyncEngine, table: str) -> None:
         await db.commit_status(7, key=key)
     with pytest.raises(ConfigurationError, match="commit_status"):
         await db.commit_status()
+
+
+async def test_run_once_is_run_with_a_key_that_type_checkers_see(
+    engine: AsyncEngine, table: str
+) -> None:
+    db = Database(engine)
+    key = f"k-{secrets.token_hex(4)}"
+    first: dict[str, str] = await db.run_once(key, _insert(table), "first")
+    assert first == {"op": "first"}
+    assert await db.run_once(key, _insert(table), "second") == {"op": "first"}
+    assert await _rows(engine, table) == ["first"]
+    with pytest.raises(ConfigurationError, match="operation key"):
+        await db.run_once(None, _insert(table), "third")  # type: ignore[arg-type]

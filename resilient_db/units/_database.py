@@ -8,8 +8,8 @@ same task (no retries of their own).
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from types import TracebackType
@@ -22,12 +22,10 @@ from resilient_db._validate import config_error
 from resilient_db.classify import Classifier, default_classifier
 from resilient_db.engine import (
     endpoint_key,
-    engine_health_check,
     install_pool_policy,
 )
 from resilient_db.policies import CircuitBreaker, Clock, RetryBudget, RetryPolicy
 from resilient_db.units._blocks import Attempts, Transaction
-from resilient_db.units._commit import CommitOutcome, transaction_status
 from resilient_db.units._context import Active, Reporter, UnitContext, drain, joinable
 from resilient_db.units._keys import Ledger
 from resilient_db.units._options import (
@@ -35,7 +33,6 @@ from resilient_db.units._options import (
     DEFAULT_ALLOWANCE,
     UnitListener,
     UnitOptions,
-    _seconds,
 )
 from resilient_db.units._runner import run_unit
 from resilient_db.units._session import (
@@ -51,6 +48,7 @@ from resilient_db.units._shared import (
     shared_gate,
     shared_resolutions,
 )
+from resilient_db.units._status import StatusMixin
 
 __all__ = ["Database"]
 
@@ -61,7 +59,7 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., None])
 
 
-class Database:
+class Database(StatusMixin):
     """Runs units of work on ``engine`` with retries, a circuit breaker and hard deadlines.
 
     ``retry``, ``deadline``, ``idempotent``, ``read_only``, ``wait_for_breaker`` are the
@@ -166,59 +164,6 @@ class Database:
                 "fix: create a new Database, or run units before closing it"
             )
 
-    # -- status ----------------------------------------------------------------------------
-
-    async def commit_status(
-        self,
-        xid: int | None = None,
-        *,
-        key: object = None,
-        timeline: str | None = None,
-        timeout: float = 5.0,
-    ) -> CommitOutcome:
-        """What became of transaction ``xid`` — or of the unit with operation ``key`` — from
-        :class:`CommitOutcomeUnknown` or a ``commit.unknown`` event: ``committed``,
-        ``aborted`` or ``unknown``.
-
-        A resolution still running in the background (a COMMIT in doubt at a deadline) is
-        waited for (at most ``timeout``); a settled one is answered from memory; otherwise
-        ``pg_xact_status`` (for a key: the ledger, on a primary) is asked on a fresh
-        connection. Pass the ``timeline`` the exception carries: after a failover the new
-        primary may have given the same xid number to another transaction, and the answer
-        is then ``unknown`` (a key means the same on every primary).
-        """
-        _seconds("Database.commit_status", "timeout", timeout, none_ok=False, fix="timeout=5.0")
-        if key is not None and xid is None:
-            return await self._key_status(key, timeout)
-        if key is not None or isinstance(xid, bool) or not isinstance(xid, int) or xid < 0:
-            raise config_error(
-                "Database.commit_status",
-                "xid",
-                xid,
-                "a non-negative int (a transaction id), or None with key=...",
-                "pass CommitOutcomeUnknown.xid, or key=CommitOutcomeUnknown.key",
-                wrong_type=key is None and (not isinstance(xid, int) or isinstance(xid, bool)),
-            )
-        known = self._ctx.resolutions.lookup(xid, timeline)
-        if isinstance(known, CommitOutcome):
-            return known
-        if known is not None:
-            done, _ = await asyncio.wait((known,), timeout=timeout)
-            return known.result() if done else CommitOutcome.UNKNOWN
-        return await transaction_status(self.engine, xid, timeout=timeout, timeline=timeline)
-
-    async def _key_status(self, key: object, timeout: float) -> CommitOutcome:
-        ledger = self._ctx.ledger
-        try:
-            state = await ledger.lookup(self.engine, ledger.normalize_key(key), timeout=timeout)
-        except TimeoutError:
-            return CommitOutcome.UNKNOWN
-        return CommitOutcome.COMMITTED if state.committed else CommitOutcome.ABORTED
-
-    async def health_check(self) -> None:
-        """A probe of the server: a fresh connection (never a pooled one), SELECT 1, bounded."""
-        await engine_health_check(self.engine)()
-
     # -- options -----------------------------------------------------------------------
 
     def with_options(
@@ -286,6 +231,21 @@ class Database:
                 return awaited(fn, fn(session, *args, **kwargs))
 
             return await self._run_unit(body, self.options, key)
+
+    async def run_once(
+        self,
+        key: str | int | uuid.UUID,
+        fn: Callable[Concatenate[AsyncSession, P], Awaitable[T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``run(fn, *args, key=key, **kwargs)`` with the key where type checkers see it:
+        apply the operation named ``key`` at most once (see :meth:`run`)."""
+        self._ctx.ledger.normalize_key(key)  # a clear error for a missing or bad key
+        run: Any = self.run
+        result: T = await run(fn, *args, key=key, **kwargs)
+        return result
 
     async def _joined(
         self,
