@@ -209,6 +209,7 @@ CASES: list[tuple[str, Callable[[], object], str]] = [
         "confirm_trips",
     ),
     ("CircuitBreaker.clock", lambda: resilient_db.CircuitBreaker("db", clock=3), "clock"),  # type: ignore[arg-type]
+    ("CircuitBreaker.store", lambda: resilient_db.CircuitBreaker("db", store=3), "store"),  # type: ignore[arg-type]
     ("LocalBreakerStore.clock", lambda: resilient_db.LocalBreakerStore(clock=3), "clock"),  # type: ignore[arg-type]
     ("RetryBudget.clock", lambda: resilient_db.RetryBudget(clock=3), "clock"),  # type: ignore[arg-type]
     (

@@ -28,9 +28,10 @@
   shared, and the probe takes the store's probe lease first (one probe per interval for the
   whole fleet). The hot path never waits on the store.
 
-All state changes are synchronous (no ``await`` inside), so the breaker is safe for any
-number of tasks on one event loop without a lock. It is not meant to be shared between
-threads.
+Admission and the window live here, every state change (manual control included) in
+``_breaker_transitions``. All state changes are synchronous (no ``await`` inside), so the
+breaker is safe for any number of tasks on one event loop without a lock. It is not meant
+to be shared between threads.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from resilient_db.policies._breaker_config import (
     check_callable,
     check_listeners,
     check_name,
+    check_store,
     default_is_failure,
 )
 from resilient_db.policies._breaker_events import (
@@ -62,15 +64,12 @@ from resilient_db.policies._breaker_states import (
     PROBE,
     BreakerPermit,
     Closed,
-    Disabled,
-    ForcedOpen,
     HalfOpen,
-    MetricsOnly,
-    Open,
     SharedPermit,
     State,
 )
-from resilient_db.policies._breaker_store import BreakerStore, FleetDecision
+from resilient_db.policies._breaker_store import BreakerStore
+from resilient_db.policies._breaker_transitions import TransitionMixin
 from resilient_db.policies._breaker_window import SlidingWindow
 from resilient_db.policies._clock import Clock, RandomSource, default_clock, default_random
 
@@ -89,7 +88,7 @@ logger = logging.getLogger("resilient_db")
 _CLOSED: Final = BreakerState.CLOSED
 
 
-class CircuitBreaker(GuardMixin):
+class CircuitBreaker(TransitionMixin, GuardMixin):
     """A circuit breaker for one endpoint (see the module documentation for semantics).
 
     Low-level use (what the Database layer does)::
@@ -115,18 +114,14 @@ class CircuitBreaker(GuardMixin):
         "_confirm_timeout",
         "_confirms",
         "_emitter",
-        "_fleet_gen",
         "_fr",
-        "_gen",
         "_growth",
         "_health_check",
         "_is_failure",
         "_jitter",
-        "_last_reason",
         "_max_ho_wait",
         "_max_streak",
         "_min_calls",
-        "_mo_exceeded",
         "_n_failure",
         "_n_ignored",
         "_n_lost",
@@ -135,8 +130,6 @@ class CircuitBreaker(GuardMixin):
         "_n_refuted",
         "_n_rejected",
         "_n_success",
-        "_next_probe_at",
-        "_open_base",
         "_open_for",
         "_open_for_max",
         "_permits",
@@ -145,14 +138,9 @@ class CircuitBreaker(GuardMixin):
         "_probe_timeout",
         "_probing",
         "_random",
-        "_s",
-        "_shared",
         "_slow_dur",
         "_sr",
-        "_state",
         "_store",
-        "_streak",
-        "_trips",
         "_w",
         "config",
         "name",
@@ -213,7 +201,7 @@ class CircuitBreaker(GuardMixin):
             )
         )
         self._emitter = Emitter(name, check_listeners(listeners))
-        self._store = store
+        self._store = store = check_store(store)
         if store is not None:
             store.bind(name, self._adopt)
 
@@ -271,68 +259,6 @@ class CircuitBreaker(GuardMixin):
         elif self._mo_exceeded:
             self._mo_exceeded = False
 
-    # --- transitions ----------------------------------------------------------------
-
-    def _swap(self, new: State, reason: str, now: float, open_for: float | None = None) -> None:
-        """The one way to change state: swap the state object, then report it."""
-        previous = self._s.kind
-        keep_window = new.kind is BreakerState.CONFIRMING and self._s.windowed
-        self._gen += 1
-        self._streak = 0
-        self._last_reason = reason
-        if not keep_window:
-            self._shared.live = False
-            if new.admits_all:
-                self._shared = SharedPermit(self, new.windowed)
-                self._mo_exceeded = False
-                self._w.restart(now)
-        if new.kind is _CLOSED:
-            self._trips = 0
-            self._open_base = self._open_for
-        self._s = new
-        self._state = new.kind
-        self._emit(previous, new.kind, reason, now, open_for)
-
-    def _to_open(self, reason: str, now: float, *, share: bool = True) -> None:
-        self._trips += 1
-        base = self._open_base
-        self._open_base = min(self._open_for_max, base * self._growth)
-        jitter = self._jitter
-        duration = base * (1.0 + jitter * (2.0 * self._random() - 1.0)) if jitter else base
-        open_for = max(0.0, min(self._open_for_max, duration))
-        self._next_probe_at = now + self._probe_interval
-        self._swap(Open(now + open_for), reason, now, open_for)
-        if share and self._store is not None:
-            self._store.publish(self.name, open_for=open_for)
-
-    def _emit(
-        self,
-        previous: BreakerState,
-        new: BreakerState,
-        reason: str,
-        now: float,
-        open_for: float | None,
-    ) -> None:
-        self._emitter.emit(previous, new, reason, now, open_for, self._w.rates())
-        if self._store is not None and reason in ("probes_succeeded", "probe_succeeded"):
-            # The server answered a probe: let the fleet send its trial calls too.
-            self._store.publish(self.name, open_for=None)
-
-    def _adopt(self, decision: FleetDecision) -> None:
-        """A shared decision arrived from the store (on this loop)."""
-        if decision.generation <= self._fleet_gen:
-            return
-        self._fleet_gen = decision.generation
-        now = self._clock()
-        kind = self._state
-        if decision.is_open and kind in (_CLOSED, BreakerState.CONFIRMING, BreakerState.HALF_OPEN):
-            self._trips += 1
-            self._next_probe_at = now + self._probe_interval * self._random()
-            until = now + decision.remaining
-            self._swap(Open(until), "fleet_open", now, decision.remaining)
-        elif not decision.is_open and kind is BreakerState.OPEN:
-            self._swap(HalfOpen(now), "fleet_closed", now)
-
     # --- probes (in their own task: see _breaker_probe) ------------------------------
 
     def _start_probe(self, *, confirm: bool) -> bool:
@@ -361,28 +287,12 @@ class CircuitBreaker(GuardMixin):
         self._n_rejected += 1
         return CircuitOpenError(self.name, retry_after, state=state.value)
 
-    # --- manual control and inspection ----------------------------------------------
+    # --- listeners and inspection (state changes: _breaker_transitions) -------------
 
     @property
     def state(self) -> BreakerState:
         """The current state (OPEN becomes HALF_OPEN lazily, on the next admission)."""
         return self._state
-
-    def force_open(self) -> None:
-        """Reject every call until :meth:`reset` (state FORCED_OPEN)."""
-        self._swap(ForcedOpen(), "manual", self._clock())
-
-    def disable(self) -> None:
-        """Admit every call and record nothing until :meth:`reset` (state DISABLED)."""
-        self._swap(Disabled(), "manual", self._clock())
-
-    def metrics_only(self) -> None:
-        """Shadow mode: admit every call, record, emit ``would_open`` events, never reject."""
-        self._swap(MetricsOnly(), "manual", self._clock())
-
-    def reset(self) -> None:
-        """Back to CLOSED with an empty window and the initial open duration."""
-        self._swap(Closed(), "manual", self._clock())
 
     def add_listener(self, listener: BreakerListener) -> None:
         """Register a transition listener."""

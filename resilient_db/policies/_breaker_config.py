@@ -9,13 +9,21 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from resilient_db._errors import CircuitOpenError
 from resilient_db._validate import check_callables, check_text, config_error
+from resilient_db.policies._breaker_store import BreakerStore
 from resilient_db.policies._clock import Clock, RandomSource, default_clock, default_random
 
-__all__ = ["BreakerConfig", "check_callable", "check_listeners", "check_name", "default_is_failure"]
+__all__ = [
+    "BreakerConfig",
+    "check_callable",
+    "check_listeners",
+    "check_name",
+    "check_store",
+    "default_is_failure",
+]
 
 T = TypeVar("T")
 
@@ -83,6 +91,24 @@ def check_listeners(listeners: Iterable[T]) -> tuple[T, ...]:
         "listeners",
         listeners,
         fix="pass a list of callables taking a BreakerEvent, e.g. listeners=[on_event]",
+    )
+
+
+#: What a store must provide (the :class:`BreakerStore` protocol).
+_STORE_METHODS: Final = ("bind", "publish", "acquire_probe_lease")
+
+
+def check_store(store: object) -> BreakerStore | None:
+    """The breaker's store: None or an object with the :class:`BreakerStore` methods."""
+    if store is None or all(callable(getattr(store, m, None)) for m in _STORE_METHODS):
+        return store  # type: ignore[return-value]  # it has the protocol's methods
+    raise config_error(
+        "CircuitBreaker",
+        "store",
+        store,
+        "a BreakerStore (bind, publish and acquire_probe_lease methods) or None",
+        "pass LocalBreakerStore() or RedisBreakerStore(url, service=...), or leave it out",
+        wrong_type=True,
     )
 
 

@@ -77,7 +77,7 @@ class BreakerPermit(Protocol):
 
 
 class Core(Protocol):
-    """What the states and permits use of their breaker (``Core`` provides it).
+    """What the states and permits use of their breaker (``CircuitBreaker`` provides it).
 
     A protocol rather than an import keeps the states below the breaker (no import cycle).
     """
