@@ -276,6 +276,8 @@ MORE_CASES: list[tuple[str, Callable[[], object], str]] = [
         lambda: _toxiproxy().AsyncToxiproxyClient(timeout=-1.0),
         "timeout",
     ),
+    ("ToxiproxyClient.url", lambda: _toxiproxy().ToxiproxyClient("https://h:8474"), "url"),
+    ("ToxiproxyClient.url type", lambda: _toxiproxy().ToxiproxyClient(8474), "url"),
     ("ToxiproxyServer.port", lambda: _toxiproxy().ToxiproxyServer(port=-1), "port"),
     (
         "ToxiproxyServer.idle_timeout",

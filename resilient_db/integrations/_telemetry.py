@@ -3,8 +3,18 @@
 One table of metrics (:data:`METRICS`, OpenTelemetry names and units), the translation of
 :class:`~resilient_db.UnitEvent` and :class:`~resilient_db.BreakerEvent` into measurements
 (:func:`measurements`, :func:`transition`), and the readings taken at collection time from
-the breaker, the retry budget and the pool (:func:`observations`). The OpenTelemetry and the
-Prometheus modules are two back ends of this one table.
+the breaker, the retry budget, the pool and the units' fair queue in front of it
+(:func:`observations`). The OpenTelemetry and the Prometheus modules are two back ends of this
+one table.
+
+The pool metrics follow the OpenTelemetry database-client conventions. SQLAlchemy's pool
+tells neither how many callers wait nor how long they waited, but the units' queue
+(:class:`~resilient_db.units.Gate`) does: ``db.client.connection.pending_requests`` is the
+number of units waiting in it now, and ``db.client.connection.wait_time`` records, per unit
+that had to queue, the seconds until it got its place (a unit that got a place at once is not
+recorded, so the happy path stays free; a wait that timed out is counted by
+``db.client.connection.timeouts`` instead). Code that uses the engine outside units is not
+seen by either.
 
 Metric attributes are low-cardinality facts only — unit name, outcome, error type and
 category, breaker name and state — never SQL text, parameters, an xid or a backend pid.
@@ -17,13 +27,15 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from resilient_db.engine import endpoint_key
 from resilient_db.policies import BreakerEvent, BreakerState, CircuitBreaker, RetryBudget
-from resilient_db.units import Database, UnitEvent
+from resilient_db.units import Database, Gate, UnitEvent
 
 __all__ = [
     "METRICS",
+    "WAIT_TIME",
     "Instrumentation",
     "MetricSpec",
     "Watched",
@@ -42,6 +54,7 @@ STATE: Final = "resilient_db.breaker.state"
 ERROR_TYPE: Final = "error.type"
 POOL_NAME: Final = "db.client.connection.pool.name"
 CONN_STATE: Final = "db.client.connection.state"
+WAIT_TIME: Final = "db.client.connection.wait_time"
 
 #: Histogram bucket boundaries (seconds): 1 ms .. 30 s.
 SECONDS_BUCKETS: Final = (
@@ -131,6 +144,23 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "db.client.connection.timeouts", "counter", "{timeout}",
             "Attempts that timed out waiting for a pooled connection", POOL_NAME,
         ),
+        _spec(
+            "db.client.connection.pending_requests", "gauge", "{request}",
+            "Units of work waiting for a connection of the pool", POOL_NAME,
+        ),
+        _spec(
+            WAIT_TIME, "histogram", "s",
+            "Time a unit of work that had to queue waited for a connection of the pool",
+            POOL_NAME,
+        ),
+        _spec(
+            "db.client.connection.max", "gauge", "{connection}",
+            "Connections the pool opens at most (pool_size + max_overflow)", POOL_NAME,
+        ),
+        _spec(
+            "db.client.connection.idle.max", "gauge", "{connection}",
+            "Idle connections the pool keeps at most (pool_size)", POOL_NAME,
+        ),
     )
 }  # fmt: skip
 
@@ -185,23 +215,35 @@ class Watched:
     engine: AsyncEngine | None = None
     breaker: CircuitBreaker | None = None
     budget: RetryBudget | None = None
+    gate: Gate | None = None  # the units' queue in front of the pool (None: no queue pool)
 
 
-def _pool(watched: Watched) -> Iterator[Measurement]:
+def _pool(watched: Watched, name: str) -> Iterator[Measurement]:
     engine = watched.engine
     pool: Any = engine.pool if engine is not None else None
-    checkedin = getattr(pool, "checkedin", None)
-    checkedout = getattr(pool, "checkedout", None)
-    if callable(checkedin) and callable(checkedout):  # QueuePool & co (not NullPool)
-        spec = METRICS["db.client.connection.count"]
-        yield spec, float(checkedin()), {POOL_NAME: watched.pool_name, CONN_STATE: "idle"}
-        yield spec, float(checkedout()), {POOL_NAME: watched.pool_name, CONN_STATE: "used"}
+    attrs = {POOL_NAME: watched.pool_name}
+    if name == "db.client.connection.count":
+        checkedin = getattr(pool, "checkedin", None)
+        checkedout = getattr(pool, "checkedout", None)
+        if callable(checkedin) and callable(checkedout):  # QueuePool & co (not NullPool)
+            spec = METRICS[name]
+            yield spec, float(checkedin()), {**attrs, CONN_STATE: "idle"}
+            yield spec, float(checkedout()), {**attrs, CONN_STATE: "used"}
+    elif name == "db.client.connection.idle.max":
+        if isinstance(pool, QueuePool):  # overflow connections are closed when returned
+            yield METRICS[name], float(pool.size()), attrs
+    elif watched.gate is not None:
+        stats = watched.gate.statistics()
+        if name == "db.client.connection.pending_requests":
+            yield METRICS[name], float(stats.waiting), attrs
+        elif name == "db.client.connection.max":
+            yield METRICS[name], float(stats.capacity), attrs
 
 
 def observations(watched: Watched, name: str) -> Iterator[Measurement]:
     """The current readings of the observable metric ``name``."""
-    if name == "db.client.connection.count":
-        yield from _pool(watched)
+    if name.startswith("db.client.connection."):
+        yield from _pool(watched, name)
         return
     breaker, budget = watched.breaker, watched.budget
     if breaker is not None and name.startswith("resilient_db.breaker."):

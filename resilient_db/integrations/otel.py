@@ -20,13 +20,16 @@ events of each outermost unit.
 
 **Metrics.** See :data:`resilient_db.integrations._telemetry.METRICS`: unit duration,
 retries, retry delay, breaker state/transitions/rejections/probes, retry-budget tokens and
-refusals, commit resolutions, pool connections by state and pool timeouts. Attributes never
-hold SQL, parameters, an xid or a pid.
+refusals, commit resolutions, pool connections by state, pool timeouts, units waiting for a
+connection (``db.client.connection.pending_requests``), their wait
+(``db.client.connection.wait_time``) and the pool's limits (``db.client.connection.max``,
+``db.client.connection.idle.max``). Attributes never hold SQL, parameters, an xid or a pid.
 """
 
 from __future__ import annotations
 
 import contextvars
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +44,8 @@ from resilient_db._validate import check_type
 from resilient_db.engine import endpoint_key
 from resilient_db.integrations._telemetry import (
     METRICS,
+    POOL_NAME,
+    WAIT_TIME,
     MetricSpec,
     Watched,
     measurements,
@@ -49,7 +54,7 @@ from resilient_db.integrations._telemetry import (
     transition,
 )
 from resilient_db.policies import BreakerEvent, CircuitBreaker
-from resilient_db.units import Database, UnitEvent
+from resilient_db.units import Database, UnitEvent, WaitListener, shared_gate
 
 __all__ = ["SCOPE", "OpenTelemetry"]
 
@@ -92,7 +97,9 @@ class OpenTelemetry:
         endpoint = endpoint_key(engine)  # multi-host URLs too
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
-        self._watched = Watched(pool_name=pool_name(engine), engine=engine)
+        self._watched = Watched(
+            pool_name=pool_name(engine), engine=engine, gate=shared_gate(engine)
+        )
         self._listening: CircuitBreaker | None = None
         self._base: dict[str, Any] = {
             "db.system.name": "postgresql",
@@ -106,6 +113,13 @@ class OpenTelemetry:
         self._instruments: dict[str, Any] = {}
         for spec in METRICS.values():
             self._instruments[spec.name] = self._create(meter, spec)
+        # the queue's waits, straight into the histogram (the listener holds no reference to
+        # this instance); removed by close()
+        self._on_wait: WaitListener = functools.partial(
+            self._instruments[WAIT_TIME].record, attributes={POOL_NAME: self._watched.pool_name}
+        )
+        if self._watched.gate is not None:
+            self._watched.gate.add_wait_listener(self._on_wait)
 
     def _create(self, meter: metrics.Meter, spec: MetricSpec) -> Any:
         if spec.kind == "counter":
@@ -143,7 +157,10 @@ class OpenTelemetry:
             self._listening = breaker
 
     def close(self) -> None:
-        """Stop listening to the breaker it watched (breakers outlive a ``Database``)."""
+        """Stop listening to the breaker it watched and to the pool's queue (both outlive a
+        ``Database``)."""
+        if self._watched.gate is not None:
+            self._watched.gate.remove_wait_listener(self._on_wait)
         if self._listening is not None:
             self._listening.remove_listener(self.on_breaker)
             self._listening = None

@@ -10,7 +10,9 @@ in ``_total``; attribute keys become label names the same way::
     resilient_db_breaker_rejections_total, resilient_db_breaker_probes_total,
     resilient_db_retry_budget_tokens, resilient_db_retry_budget_exhausted_total,
     resilient_db_commit_resolutions_total, db_client_connection_count,
-    db_client_connection_timeouts_total
+    db_client_connection_timeouts_total, db_client_connection_pending_requests,
+    db_client_connection_wait_time_seconds, db_client_connection_max,
+    db_client_connection_idle_max
 
 Install with ``pip install 'resilient-db[prometheus]'``::
 
@@ -36,7 +38,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from resilient_db._validate import check_type
 from resilient_db.integrations._telemetry import (
     METRICS,
+    POOL_NAME,
     SECONDS_BUCKETS,
+    WAIT_TIME,
     MetricSpec,
     Watched,
     measurements,
@@ -45,7 +49,7 @@ from resilient_db.integrations._telemetry import (
     transition,
 )
 from resilient_db.policies import BreakerEvent, CircuitBreaker
-from resilient_db.units import Database, UnitEvent
+from resilient_db.units import Database, UnitEvent, WaitListener, shared_gate
 
 __all__ = ["PrometheusMetrics", "metrics_app", "prometheus_name"]
 
@@ -136,10 +140,20 @@ class PrometheusMetrics:
             AsyncEngine,
             fix="pass the Database's engine: PrometheusMetrics(db.engine)",
         )
-        self._watched = Watched(pool_name=pool_name(engine), engine=engine)
+        self._watched = Watched(
+            pool_name=pool_name(engine), engine=engine, gate=shared_gate(engine)
+        )
         self._listening: CircuitBreaker | None = None
         self._shared = _for(registry)
         self._shared.observed.watched.add(self)
+        # the queue's waits, straight into the histogram (the listener holds no reference to
+        # this instance, which the scrape watches weakly); removed by close()
+        wait_time = self._shared.instruments[WAIT_TIME]
+        self._on_wait: WaitListener = wait_time.labels(
+            **{_label(POOL_NAME): self._watched.pool_name}
+        ).observe
+        if self._watched.gate is not None:
+            self._watched.gate.add_wait_listener(self._on_wait)
 
     def watch(self, database: Database) -> None:
         """Report ``database``'s breaker and retry budget too."""
@@ -167,8 +181,10 @@ class PrometheusMetrics:
 
     def close(self) -> None:
         """Stop reading this instance's pool, breaker and budget at scrape time, and stop
-        listening to the breaker it watched."""
+        listening to the breaker it watched and to the pool's queue."""
         self._shared.observed.watched.discard(self)
+        if self._watched.gate is not None:
+            self._watched.gate.remove_wait_listener(self._on_wait)
         if self._listening is not None:
             self._listening.remove_listener(self.on_breaker)
             self._listening = None

@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 
 import anyio.to_thread
 
-from resilient_db._errors import ConfigurationError, ResilientDBError
+from resilient_db._errors import ResilientDBError
 from resilient_db._validate import config_error
 
 __all__ = ["ClientBase", "Ops", "ProxyInfo", "ToxicInfo", "ToxiproxyAPIError"]
@@ -218,11 +218,23 @@ class ClientBase:
     """Address, timeout and transport shared by :class:`ToxiproxyClient` and its async twin."""
 
     def __init__(self, url: str = "http://127.0.0.1:8474", *, timeout: float = 10.0) -> None:
+        if not isinstance(url, str):
+            raise config_error(
+                type(self).__name__,
+                "url",
+                url,
+                "a str such as 'http://127.0.0.1:8474'",
+                "pass the Toxiproxy API address",
+                wrong_type=True,
+            )
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme != "http" or not parts.hostname:
-            raise ConfigurationError(
-                f"Toxiproxy url must look like http://host:port, got {url!r}; "
-                "the API has no TLS, use http://"
+            raise config_error(
+                type(self).__name__,
+                "url",
+                url,
+                "an address like http://host:port",
+                "use http:// (the Toxiproxy API has no TLS), e.g. 'http://127.0.0.1:8474'",
             )
         if (
             isinstance(timeout, bool)

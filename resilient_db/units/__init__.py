@@ -5,6 +5,7 @@ from resilient_db.units._blocks import AttemptBlock, Attempts, Transaction
 from resilient_db.units._commit import CommitOutcome
 from resilient_db.units._database import Database
 from resilient_db.units._decorator import INJECTED, transactional
+from resilient_db.units._gate import Gate, GateStatistics, WaitListener
 from resilient_db.units._keys import KeyRecord, KeyState, Ledger, create_ledger
 from resilient_db.units._options import (
     DEFAULT_ALLOWANCE,
@@ -13,6 +14,7 @@ from resilient_db.units._options import (
     UnitListener,
     UnitOptions,
 )
+from resilient_db.units._shared import shared_gate
 
 __all__ = [
     "DEFAULT_ALLOWANCE",
@@ -22,6 +24,8 @@ __all__ = [
     "CommitOutcome",
     "Database",
     "DeadlineExceeded",
+    "Gate",
+    "GateStatistics",
     "KeyRecord",
     "KeyState",
     "Ledger",
@@ -29,7 +33,9 @@ __all__ = [
     "UnitEvent",
     "UnitListener",
     "UnitOptions",
+    "WaitListener",
     "create_ledger",
     "engine_health_check",
+    "shared_gate",
     "transactional",
 ]
