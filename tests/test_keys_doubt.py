@@ -112,6 +112,21 @@ def _insert(ops: str) -> Callable[[AsyncSession, str], Any]:
     return insert
 
 
+def _keyed_db(
+    engine: AsyncEngine, ledger: Ledger, events: list[UnitEvent], *, resolve_timeout: float = 10.0
+) -> Database:
+    """The Database of these tests: no breaker, fast retries, a 1 s deadline, events kept."""
+    return Database(
+        engine,
+        retry=FAST,
+        breaker=None,
+        deadline=DEADLINE,
+        resolve_timeout=resolve_timeout,
+        listeners=[events.append],
+        ledger=ledger,
+    )
+
+
 async def _in_doubt_at_the_deadline(db: Database, ops: str, key: str) -> CommitOutcomeUnknown:
     started = time.monotonic()
     with pytest.raises(CommitOutcomeUnknown) as info:
@@ -142,10 +157,7 @@ async def test_frozen_commit_that_committed_is_settled_in_the_background(
     doubt at the deadline; after the heal the ledger says committed, as the table does."""
     proxy, engine = proxied
     events: list[UnitEvent] = []
-    db = Database(
-        engine, retry=FAST, breaker=None, deadline=DEADLINE, resolve_timeout=10.0,
-        listeners=[events.append], ledger=ledger,
-    )  # fmt: skip
+    db = _keyed_db(engine, ledger, events)
     key = f"committed-{secrets.token_hex(4)}"
     try:
         with contextlib.ExitStack() as faults:
@@ -176,10 +188,7 @@ async def test_frozen_commit_that_never_arrived_is_settled_as_aborted(
     old backend once the proxy heals and finds the key absent — as the table says."""
     proxy, engine = proxied
     events: list[UnitEvent] = []
-    db = Database(
-        engine, retry=FAST, breaker=None, deadline=DEADLINE, resolve_timeout=10.0,
-        listeners=[events.append], ledger=ledger,
-    )  # fmt: skip
+    db = _keyed_db(engine, ledger, events)
     key = f"aborted-{secrets.token_hex(4)}"
     try:
         with contextlib.ExitStack() as faults:
@@ -216,10 +225,7 @@ async def test_the_background_resolution_is_bounded_and_lookup_settles_it_later(
     time; a later ``ledger.lookup`` (after the heal) still gives the final answer."""
     proxy, engine = proxied
     events: list[UnitEvent] = []
-    db = Database(
-        engine, retry=FAST, breaker=None, deadline=DEADLINE, resolve_timeout=0.5,
-        listeners=[events.append], ledger=ledger,
-    )  # fmt: skip
+    db = _keyed_db(engine, ledger, events, resolve_timeout=0.5)
     key = f"unknown-{secrets.token_hex(4)}"
     try:
         with contextlib.ExitStack() as faults:
@@ -250,10 +256,7 @@ async def test_a_lost_commit_unsettled_at_the_deadline_goes_on_in_the_background
             url.set(drivername="postgresql+asyncpg", host="127.0.0.1", port=relay.port),
             command_timeout=30, connect_timeout=30,
         )  # fmt: skip
-        db = Database(
-            engine, retry=FAST, breaker=None, deadline=DEADLINE, resolve_timeout=10.0,
-            listeners=[events.append], ledger=ledger,
-        )  # fmt: skip
+        db = _keyed_db(engine, ledger, events)
         key = f"cut-{secrets.token_hex(4)}"
         try:
             relay.cut_commit = "after"
