@@ -14,7 +14,7 @@ from sqlalchemy.pool import QueuePool
 
 from resilient_db.engine._factory import engine_settings
 
-__all__ = ["PoolLimits", "pool_limits"]
+__all__ = ["PoolLimits", "pool_limits", "queue_pool_numbers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +35,14 @@ def pool_limits(engine: AsyncEngine) -> PoolLimits | None:
     if settings is not None:
         size, overflow, timeout = settings.pool_size, settings.max_overflow, settings.pool_timeout
     else:
-        size = int(pool.size())
-        # no public API: the pool exposes size() and overflow() but not its limits
-        overflow = int(getattr(pool, "_max_overflow", 0))
-        timeout = float(getattr(pool, "_timeout", 30.0))
+        size, overflow, timeout = queue_pool_numbers(pool)
     if overflow < 0 or size <= 0:
         return None
     return PoolLimits(capacity=size + overflow, timeout=timeout)
+
+
+def queue_pool_numbers(pool: QueuePool) -> tuple[int, int, float]:
+    """A queue pool's ``pool_size``, ``max_overflow`` and ``pool_timeout`` as configured."""
+    # no public API: the pool exposes size() and overflow() but not its limits
+    overflow = getattr(pool, "_max_overflow", 0)
+    return int(pool.size()), int(overflow), float(getattr(pool, "_timeout", 30.0))

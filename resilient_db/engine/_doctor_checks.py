@@ -9,7 +9,9 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
+from resilient_db.engine._capacity import queue_pool_numbers
 from resilient_db.engine._factory import (
     POOL_RECYCLE_WARN_BELOW,
     EngineSettings,
@@ -52,9 +54,10 @@ def _pool_numbers(engine: AsyncEngine, settings: EngineSettings | None) -> tuple
     if settings is not None:
         return settings.pool_size, settings.max_overflow, settings.pool_pre_ping
     pool: Any = engine.sync_engine.pool
-    size = int(pool.size()) if hasattr(pool, "size") else 1
-    # no public API: the pool exposes size() and overflow() but not its limits
-    overflow = int(getattr(pool, "_max_overflow", 0))
+    if isinstance(pool, QueuePool):
+        size, overflow, _ = queue_pool_numbers(pool)
+    else:
+        size, overflow = (int(pool.size()) if hasattr(pool, "size") else 1), 0
     return size, max(overflow, 0), pre_ping_enabled(engine)
 
 
