@@ -7,7 +7,8 @@ background commit resolutions and one fair queue (``_gate``) per engine.
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,6 +18,8 @@ from resilient_db.units._commit import CommitResolutions
 from resilient_db.units._gate import Gate
 
 __all__ = ["shared_breaker", "shared_budget", "shared_gate", "shared_resolutions"]
+
+V = TypeVar("V")
 
 _breakers: dict[EndpointKey, CircuitBreaker] = {}
 _budgets: weakref.WeakKeyDictionary[Any, RetryBudget] = weakref.WeakKeyDictionary()
@@ -38,26 +41,29 @@ def shared_breaker(engine: AsyncEngine, clock: Clock) -> CircuitBreaker:
 
 def shared_budget(engine: AsyncEngine, clock: Clock) -> RetryBudget:
     """The engine's retry budget."""
-    key = engine.sync_engine
-    budget = _budgets.get(key)
-    if budget is None:
-        budget = _budgets[key] = RetryBudget(clock=clock)
-    return budget
+    return _per_engine(_budgets, engine, lambda: RetryBudget(clock=clock))
 
 
 def shared_resolutions(engine: AsyncEngine) -> CommitResolutions:
     """The engine's background commit resolutions."""
-    key = engine.sync_engine
-    resolutions = _resolutions.get(key)
-    if resolutions is None:
-        resolutions = _resolutions[key] = CommitResolutions(engine)
-    return resolutions
+    return _per_engine(_resolutions, engine, lambda: CommitResolutions(engine))
 
 
 def shared_gate(engine: AsyncEngine) -> Gate | None:
     """The engine's fair queue; None for a pool without a queue (NullPool, no limit)."""
+    return _per_engine(_gates, engine, lambda: _gate_for(engine))
+
+
+def _gate_for(engine: AsyncEngine) -> Gate | None:
+    limits = pool_limits(engine)
+    return Gate(limits.capacity, limits.timeout) if limits is not None else None
+
+
+def _per_engine(
+    registry: weakref.WeakKeyDictionary[Any, V], engine: AsyncEngine, make: Callable[[], V]
+) -> V:
+    """``registry``'s value for ``engine`` (its sync engine), made on first use."""
     key = engine.sync_engine
-    if key not in _gates:
-        limits = pool_limits(engine)
-        _gates[key] = Gate(limits.capacity, limits.timeout) if limits is not None else None
-    return _gates[key]
+    if key not in registry:
+        registry[key] = make()
+    return registry[key]
