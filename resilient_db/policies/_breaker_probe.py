@@ -201,7 +201,7 @@ async def _ask_within_interval(
         finally:
             answered.set()
             if late:
-                _LATE.get(id(b), set()).discard(answered)
+                _forget_late(b, answered)
         if late and answer[0] and b._state is BreakerState.OPEN:
             b._s.probed(b, True, b._clock())  # type: ignore[arg-type]  # b is the Core too
 
@@ -223,8 +223,15 @@ async def wait_idle(b: ProbeHost) -> None:
         await done.wait()
     for event in list(_LATE.get(id(b), ())):
         await event.wait()
-    if not _LATE.get(id(b), True):
-        _LATE.pop(id(b), None)
+
+
+def _forget_late(b: ProbeHost, answered: anyio.Event) -> None:
+    """A late check has answered: drop it (and the breaker's entry once none is left)."""
+    pending = _LATE.get(id(b))
+    if pending is not None:
+        pending.discard(answered)
+        if not pending:
+            del _LATE[id(b)]
 
 
 async def probe_and_admit(b: ProbeHost) -> BreakerPermit:
