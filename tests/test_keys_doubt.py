@@ -33,6 +33,7 @@ from resilient_db import (
 from resilient_db.pytest_plugin import ToxiproxyPostgres
 from resilient_db.units import DEFAULT_ALLOWANCE
 from tests._relay import relay_to
+from tests._waiting import poll
 
 pytestmark = pytest.mark.slow  # each waits out a deadline and a heal (2-4 s)
 
@@ -73,15 +74,6 @@ def _count(dsn: str, sql: str, *params: object) -> int:
 
 def _in_ledger(dsn: str, ledger: Ledger, key: str) -> bool:
     return _count(dsn, f"SELECT count(*) FROM {ledger.name} WHERE key = %s", key) == 1
-
-
-async def _poll(predicate: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)  # bounded poll
-    return predicate()
 
 
 def _resolved(events: list[UnitEvent]) -> list[UnitEvent]:
@@ -165,7 +157,7 @@ async def test_frozen_commit_that_committed_is_settled_in_the_background(
             await _in_doubt_at_the_deadline(db, ops, key)
             assert _in_ledger(pg_dsn, ledger, key)  # the server did commit it
             assert not _resolved(events)  # not settled yet: nothing reaches the server
-        assert await _poll(lambda: bool(_resolved(events)), 15)  # healed: settled
+        assert await poll(lambda: bool(_resolved(events)), 15)  # healed: settled
         assert [e.outcome for e in _resolved(events)] == ["committed"]
         state = await ledger.lookup(engine, key, timeout=5)
         assert state.committed
@@ -232,7 +224,7 @@ async def test_the_background_resolution_is_bounded_and_lookup_settles_it_later(
             _freeze_at_commit(engine, proxy, "upstream", faults)
             await _in_doubt_at_the_deadline(db, ops, key)
             raised = time.monotonic()
-            assert await _poll(lambda: bool(_resolved(events)), 5)
+            assert await poll(lambda: bool(_resolved(events)), 5)
             assert time.monotonic() - raised <= 0.5 + 0.5, "not bounded by resolve_timeout"
             assert [e.outcome for e in _resolved(events)] == ["unknown"]
         state = await ledger.lookup(engine, key, timeout=10)  # healed
@@ -265,7 +257,7 @@ async def test_a_lost_commit_unsettled_at_the_deadline_goes_on_in_the_background
             assert relay.cuts == 1
             assert not _resolved(events)
             relay.black_hole.clear()  # the network heals
-            assert await _poll(lambda: bool(_resolved(events)), 15)
+            assert await poll(lambda: bool(_resolved(events)), 15)
             assert [e.outcome for e in _resolved(events)] == ["committed"]
         finally:
             relay.black_hole.clear()

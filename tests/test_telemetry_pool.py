@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from resilient_db import Database, RetryPolicy, create_async_engine
 from resilient_db.units import Gate, GateStatistics, shared_gate
+from tests._waiting import poll
 
 HOLDERS = 7  # units queued behind the one holding the pool's only connection
 NAP = 0.05  # seconds each unit holds its connection (pg_sleep)
@@ -145,11 +146,8 @@ async def engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.005)
+    if not await poll(condition, timeout, every=0.005):
+        raise AssertionError(f"not within {timeout}s: {what}")
 
 
 @pytest.mark.parametrize("kind", sorted(BACKENDS))

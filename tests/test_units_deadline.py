@@ -29,6 +29,7 @@ from resilient_db import (
 )
 from resilient_db.units import DEFAULT_ALLOWANCE
 from tests._relay import Relay, relay_to
+from tests._waiting import poll
 
 FAST = RetryPolicy(attempts=5, initial=0.001, max_backoff=0.01, deadline=None)
 #: Scheduling noise on a shared 2-core machine, on top of the promised allowance.
@@ -55,15 +56,6 @@ def _count(dsn: str, sql: str) -> int:
 def _proxied(pg_dsn: str, relay: Relay, driver: str = "asyncpg", **kw: Any) -> AsyncEngine:
     url = make_url(pg_dsn).set(drivername=f"postgresql+{driver}", host="127.0.0.1", port=relay.port)
     return create_async_engine(url, command_timeout=30, connect_timeout=30, **kw)
-
-
-async def _poll(predicate: Any, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)  # bounded poll
-    return bool(predicate())
 
 
 def test_the_allowance_is_documented_and_small() -> None:
@@ -102,7 +94,7 @@ async def test_commit_in_doubt_raises_at_the_deadline_and_resolves_in_the_backgr
             assert "commit_status" in str(info.value)
             assert not [e for e in events if e.event == "commit.resolved"]  # not yet
             relay.black_hole.clear()  # the network heals
-            assert await _poll(lambda: any(e.event == "commit.resolved" for e in events), 10)
+            assert await poll(lambda: any(e.event == "commit.resolved" for e in events), 10)
             resolved = next(e for e in events if e.event == "commit.resolved")
             assert resolved.outcome == "committed"
             assert resolved.xid == xid
@@ -166,7 +158,7 @@ async def test_frozen_network_with_a_pool_of_frozen_connections(driver: str, pg_
             worst = max(t for t, _ in results)
             assert worst <= 1.0 + DEFAULT_ALLOWANCE + SLACK, results
             assert all(isinstance(e, DeadlineExceeded) for _, e in results), results
-            assert await _poll(lambda: eng.sync_engine.pool.checkedout() == 0, 5)  # type: ignore[attr-defined]
+            assert await poll(lambda: eng.sync_engine.pool.checkedout() == 0, 5)  # type: ignore[attr-defined]
             relay.black_hole.clear()
             healed = time.monotonic()
             assert await db.run(hold) == 1
@@ -204,13 +196,13 @@ async def test_a_commit_frozen_mid_flight_is_in_doubt_at_the_deadline(
             assert time.monotonic() - started <= 1.0 + DEFAULT_ALLOWANCE + SLACK
             relay.black_hole.clear()
             if isinstance(info.value, CommitOutcomeUnknown) and info.value.xid is not None:
-                assert await _poll(lambda: any(e.event == "commit.resolved" for e in events), 15)
+                assert await poll(lambda: any(e.event == "commit.resolved" for e in events), 15)
                 resolved = next(e for e in events if e.event == "commit.resolved")
                 assert resolved.outcome == "aborted"
         finally:
             relay.black_hole.clear()
             await eng.dispose()
-    assert await _poll(
+    assert await poll(
         lambda: (
             _count(pg_dsn, f"SELECT count(*) FROM {ops}") == 0
             and _count(
